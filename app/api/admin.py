@@ -1,0 +1,110 @@
+"""Slot pool administration: generation, locks, reconcile."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Annotated, Any
+
+import msgspec
+
+from app.api.routing import Call, api_route
+from app.booking.pools import GenerationReport, LockReport
+from app.db import slot_repo
+from app.errors import Forbidden, NotFound, ValidationFailed
+from app.security.actor import Actor
+
+POOL_ADMINS = frozenset({"dept_admin", "sys_admin"})
+SYS_ADMIN = frozenset({"sys_admin"})
+
+
+class ReconcileBody(msgspec.Struct, forbid_unknown_fields=True):
+    day: date | None = None  # None: the whole horizon
+
+
+class GenerateBody(msgspec.Struct, forbid_unknown_fields=True):
+    start: date | None = None
+    days: Annotated[int, msgspec.Meta(ge=1, le=60)] | None = None
+
+
+class LockBody(msgspec.Struct, forbid_unknown_fields=True):
+    resource_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    starts_at: datetime
+    ends_at: datetime
+    kind: Annotated[str, msgspec.Meta(max_length=32)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    channels: list[Annotated[str, msgspec.Meta(max_length=16)]] | None = None
+
+
+class LockQuery(msgspec.Struct, forbid_unknown_fields=True):
+    resource_id: str | None = None
+
+
+def _check_department(call: Call, actor: Actor, resource_id: str) -> None:
+    resource = call.services.catalogue.resources.get(resource_id)
+    if resource is None:
+        raise NotFound(f"设备/诊室不存在：{resource_id}", detail=f"resource {resource_id} not found")
+    if "sys_admin" not in actor.roles and actor.department_id != resource.department_id:
+        raise Forbidden("只能管理本科室的号源", detail=f"resource {resource_id} belongs to {resource.department_id}")
+
+
+async def reconcile(call: Call) -> dict[str, Any]:
+    b: ReconcileBody = call.body
+    r = call.services.reconciler
+    if b.day is not None:
+        return {"days": {b.day.isoformat(): await r.reconcile_day(b.day)}}
+    done = await r.reconcile_all()
+    return {"days": {d.isoformat(): n for d, n in done.items()}}
+
+
+async def generate(call: Call) -> GenerationReport:
+    b: GenerateBody = call.body
+    return await call.services.pool_admin.generate(b.start, b.days)
+
+
+async def create_lock(call: Call) -> LockReport:
+    b: LockBody = call.body
+    if b.starts_at.tzinfo is None or b.ends_at.tzinfo is None:
+        raise ValidationFailed("时间需带时区，例如 2026-12-01T08:00:00+08:00", detail="naive datetime")
+    _check_department(call, call.staff, b.resource_id)
+    return await call.services.pool_admin.lock(
+        call.staff, b.resource_id, b.starts_at, b.ends_at, b.channels, b.kind, b.reason
+    )
+
+
+async def list_locks(call: Call) -> list[dict[str, Any]]:
+    q: LockQuery = call.query
+    rows = await slot_repo.list_locks(call.services.pool, call.services.settings.booking.hospital_id, q.resource_id)
+    return [dict(r.items()) for r in rows]
+
+
+async def release_lock(call: Call) -> LockReport:
+    lock_id = call.path_int("lock_id")
+    row = await slot_repo.lock_by_id(call.services.pool, lock_id)
+    if row is None:
+        raise NotFound("锁定记录不存在", detail=f"lock {lock_id} not found")
+    _check_department(call, call.staff, row["resource_id"])
+    return await call.services.pool_admin.unlock(call.staff, lock_id)
+
+
+async def reload_catalogue(call: Call) -> dict[str, Any]:
+    await call.services.reload_catalogue()
+    return {"exam_types": len(call.services.catalogue.exam_types), "resources": len(call.services.catalogue.resources)}
+
+
+routes = [
+    api_route("/api/v1/admin/reconcile", reconcile, methods=("POST",), roles=SYS_ADMIN,
+              summary="Rebuild the Redis index from PostgreSQL (one day or the horizon)", tag="admin",
+              body=ReconcileBody),
+    api_route("/api/v1/admin/slots/generate", generate, methods=("POST",), roles=SYS_ADMIN,
+              summary="Generate slots from templates for the horizon (idempotent)", tag="admin",
+              body=GenerateBody, response=GenerationReport),
+    api_route("/api/v1/admin/locks", create_lock, methods=("POST",), roles=POOL_ADMINS, status=201,
+              summary="Lock windows of a resource for all or some channels", tag="admin",
+              body=LockBody, response=LockReport),
+    api_route("/api/v1/admin/locks", list_locks, roles=POOL_ADMINS | {"dept_head"}, summary="Active locks",
+              tag="admin", query=LockQuery),
+    api_route("/api/v1/admin/locks/{lock_id:int}/release", release_lock, methods=("POST",), roles=POOL_ADMINS,
+              summary="Release a lock", tag="admin", response=LockReport),
+    api_route("/api/v1/admin/catalogue/reload", reload_catalogue, methods=("POST",), roles=SYS_ADMIN,
+              summary="Reload the exam catalogue from PostgreSQL", tag="admin"),
+]

@@ -1,0 +1,54 @@
+"""A patient's orders and appointments. Every read is audited; identity fields are masked."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.api.routing import Call, api_route
+from app.booking.service import check_patient_access
+from app.db import patient_repo
+from app.errors import NotFound
+from app.security.idcard import mask_id_number, mask_name, mask_phone
+
+READERS = frozenset({"doctor", "nurse", "clerk", "technician", "sys_admin", "patient"})
+
+
+async def _patient(call: Call) -> dict[str, Any]:
+    patient_id = call.path_int("patient_id")
+    check_patient_access(call.staff, patient_id)
+    row = await patient_repo.patient_by_id(call.services.pool, patient_id)
+    if row is None:
+        raise NotFound("患者不存在", detail=f"patient {patient_id} not found")
+    return {
+        "id": row["id"],
+        "mrn": row["mrn"],
+        "name_masked": mask_name(row["name"]),
+        "gender": row["gender"],
+        "birth_date": row["birth_date"],
+        "id_number_masked": mask_id_number(row["id_number"] or ""),
+        "phone_masked": mask_phone(row["phone"] or ""),
+    }
+
+
+async def patient_orders(call: Call) -> dict[str, Any]:
+    patient = await _patient(call)
+    orders = await patient_repo.orders_of(call.services.pool, patient["id"])
+    await patient_repo.audit(call.services.pool, call.staff, "read", "patient.orders", str(patient["id"]), patient["id"])
+    return {"patient": patient, "orders": [dict(r.items()) for r in orders]}
+
+
+async def patient_appointments(call: Call) -> dict[str, Any]:
+    patient = await _patient(call)
+    rows = await patient_repo.appointments_of(call.services.pool, patient["id"])
+    await patient_repo.audit(
+        call.services.pool, call.staff, "read", "patient.appointments", str(patient["id"]), patient["id"]
+    )
+    return {"patient": patient, "appointments": [dict(r.items()) for r in rows]}
+
+
+routes = [
+    api_route("/api/v1/patients/{patient_id:int}/orders", patient_orders, roles=READERS,
+              summary="The patient's exam orders (audited)", tag="patients"),
+    api_route("/api/v1/patients/{patient_id:int}/appointments", patient_appointments, roles=READERS,
+              summary="The patient's appointments (audited)", tag="patients"),
+]

@@ -1,0 +1,187 @@
+"""Declaring routes: every route names the roles that may call it, its input and output types.
+
+`api_route` wraps a handler so that authentication, role checks, body and query decoding
+(msgspec) and JSON encoding (orjson) happen in one place; handlers receive a `Call` and return
+plain data. The declarations also feed the OpenAPI document and the route-table test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any
+
+import msgspec
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from app.errors import BadRequest, Forbidden, NotAuthenticated, ValidationFailed
+from app.security.actor import ROLES, Actor
+from app.services import Services
+
+PUBLIC = "public"
+ANY_ROLE = frozenset(ROLES)
+STAFF = frozenset({"doctor", "nurse", "clerk", "technician", "dept_admin", "dept_head", "sys_admin"})
+MAX_BODY_BYTES = 64 * 1024
+
+
+class RouteSpec(msgspec.Struct, frozen=True):
+    path: str
+    methods: tuple[str, ...]
+    roles: frozenset[str]  # {"public"} for routes open to anyone
+    summary: str
+    tag: str
+    body: Any = None
+    query: Any = None
+    response: Any = None
+    status: int = 200
+    kind: str = "api"  # "page" for HTML pages, left out of the OpenAPI document
+
+
+class Call(msgspec.Struct):
+    """What a handler gets: the request, the caller, the services, and the decoded input."""
+
+    request: Request
+    services: Services
+    actor: Actor | None
+    body: Any = None
+    query: Any = None
+
+    @property
+    def staff(self) -> Actor:
+        assert self.actor is not None
+        return self.actor
+
+    def path_int(self, name: str) -> int:
+        return int(self.request.path_params[name])
+
+
+Handler = Callable[[Call], Awaitable[Any]]
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        # Times are shown in the hospital's zone (asyncpg hands PostgreSQL's timestamptz over in UTC).
+        return value.astimezone(_zone.tz).isoformat() if value.tzinfo else value.isoformat()
+    if isinstance(value, msgspec.Struct):
+        return msgspec.to_builtins(value, builtin_types=(datetime, date))
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+class _Zone:
+    """The zone times are rendered in; set once per app from the settings (create_app)."""
+
+    tz: tzinfo = UTC
+
+
+_zone = _Zone()
+
+
+def set_display_zone(tz: tzinfo) -> None:
+    _zone.tz = tz
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    body = orjson.dumps(data, default=_json_default, option=orjson.OPT_PASSTHROUGH_DATETIME)
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    if header[:7].lower() == "bearer " and header[7:].strip():
+        return header[7:].strip()
+    return request.cookies.get("hy_session") or None
+
+
+def _validation_message(exc: msgspec.ValidationError) -> str:
+    return f"请求内容不符合要求：{exc}"
+
+
+async def _decode_body(request: Request, body_type: Any) -> Any:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest("请求内容过大", detail=f"body larger than {MAX_BODY_BYTES} bytes")
+    if not raw:
+        raise BadRequest("请求内容为空，需要 JSON 对象", detail="empty body, expected a JSON object")
+    try:
+        return msgspec.json.decode(raw, type=body_type)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(_validation_message(exc), detail=str(exc)) from exc
+    except msgspec.DecodeError as exc:
+        raise BadRequest("请求内容不是有效的 JSON", detail=f"malformed JSON: {exc}") from exc
+
+
+def _decode_query(request: Request, query_type: Any) -> Any:
+    params = dict(request.query_params)
+    try:
+        return msgspec.convert(params, type=query_type, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(_validation_message(exc), detail=f"query: {exc}") from exc
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def api_route(
+    path: str,
+    handler: Handler,
+    *,
+    methods: tuple[str, ...] = ("GET",),
+    roles: frozenset[str] | str,
+    summary: str,
+    tag: str,
+    body: Any = None,
+    query: Any = None,
+    response: Any = None,
+    status: int = 200,
+) -> Route:
+    allowed = frozenset({roles}) if isinstance(roles, str) else roles
+    if not allowed:
+        raise ValueError(f"route {path} declares no roles")
+    unknown = allowed - ANY_ROLE - {PUBLIC}
+    if unknown:
+        raise ValueError(f"route {path} names unknown roles {sorted(unknown)}")
+    spec = RouteSpec(path, methods, allowed, summary, tag, body, query, response, status)
+
+    async def endpoint(request: Request) -> Response:
+        services: Services = request.app.state.services
+        actor: Actor | None = None
+        if PUBLIC not in allowed:
+            token = bearer_token(request)
+            if token is None:
+                raise NotAuthenticated(detail="no bearer token")
+            actor = await services.sessions.resolve(token, client_ip(request))
+            if not actor.roles & allowed:
+                raise Forbidden(detail=f"route needs one of {sorted(allowed)}")
+        call = Call(request=request, services=services, actor=actor)
+        if query is not None:
+            call.query = _decode_query(request, query)
+        if body is not None:
+            call.body = await _decode_body(request, body)
+        result = await handler(call)
+        if isinstance(result, Response):
+            return result
+        return json_response(result, status)
+
+    route = Route(path, endpoint, methods=list(methods), name=handler.__name__)
+    route.spec = spec  # type: ignore[attr-defined]
+    return route
+
+
+def route_spec(route: Any) -> RouteSpec | None:
+    return getattr(route, "spec", None)
+
+
+def page_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, roles: frozenset[str] | str,
+               summary: str) -> Route:
+    """A route serving an HTML page; it declares its roles like every other route. Pages that
+    need a login check the session themselves from the data calls they make."""
+    allowed = frozenset({roles}) if isinstance(roles, str) else roles
+    route = Route(path, endpoint, methods=["GET"], name=endpoint.__name__)
+    route.spec = RouteSpec(path, ("GET",), allowed, summary, "pages", kind="page")  # type: ignore[attr-defined]
+    return route

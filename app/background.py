@@ -1,0 +1,36 @@
+"""Background roles run inside the app process in the default set-up: the hold reaper and the
+rebuild of days whose Redis update failed. Production can run them as `python -m app worker`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from app.booking.reaper import reap_expired
+from app.errors import AppError
+from app.services import Services
+
+logger = logging.getLogger(__name__)
+
+
+async def sweep_once(services: Services) -> None:
+    await services.reconciler.reconcile_dirty()
+    report = await reap_expired(services.pool, services.store, services.reconciler, int(time.time() * 1000))
+    if report.released or report.confirmed:
+        logger.info("reaper: released %d, confirmed %d", report.released, report.confirmed)
+
+
+async def run_background(services: Services, stop: asyncio.Event) -> None:
+    interval = services.settings.booking.reaper_interval_s
+    while not stop.is_set():
+        try:
+            await sweep_once(services)
+        except AppError as exc:
+            logger.warning("background sweep skipped: %s", exc.code)
+        except Exception:
+            logger.exception("background sweep failed")
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+        except TimeoutError:
+            pass

@@ -1,0 +1,58 @@
+"""The hold reaper: expired holds are confirmed if PostgreSQL committed their booking, else freed."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import asyncpg
+import msgspec
+
+from app.booking.reconcile import Reconciler
+from app.booking.slot_store import SlotStore
+from app.db import booking_repo
+
+logger = logging.getLogger(__name__)
+
+
+class ReapReport(msgspec.Struct):
+    released: int = 0
+    confirmed: int = 0
+    vanished: int = 0
+
+
+async def reap_expired(
+    pool: asyncpg.Pool,
+    store: SlotStore,
+    reconciler: Reconciler,
+    now_ms: int,
+    *,
+    grace_ms: int = 5_000,
+    lease_ms: int = 30_000,
+) -> ReapReport:
+    """One sweep over the horizon's days. A hold is touched only `grace_ms` after its expiry,
+    and PostgreSQL refuses commits `commit_margin_s` before it, so no commit can still be on its
+    way when the reaper asks."""
+    report = ReapReport()
+    for day in reconciler.horizon():
+        for hold_id in await store.claim_expired(day, now_ms - grace_ms, lease_ms):
+            hold = await store.read_hold(day, hold_id)
+            if hold is None:
+                report.vanished += 1
+                continue
+            if await booking_repo.hold_committed(pool, hold_id):
+                await store.confirm(day, hold_id, hold.patient_id)
+                # The booking may have been cancelled or moved since it committed: PostgreSQL
+                # decides what the day looks like.
+                await reconciler.reconcile_day(day)
+                report.confirmed += 1
+                logger.info("reaper confirmed committed hold %s", hold_id)
+            else:
+                await store.release(day, hold_id, hold.patient_id, [slot_id for slot_id, _ in hold.items])
+                report.released += 1
+                logger.info("reaper released hold %s", hold_id)
+    return report
+
+
+def epoch_ms(clock: Callable[[], float]) -> int:
+    return int(clock() * 1000)

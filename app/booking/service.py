@@ -1,0 +1,339 @@
+"""The booking service: book a bundle, cancel, reschedule.
+
+The path of a booking (see docs/architecture.md):
+  1. one PostgreSQL read checks the orders and slots of the request;
+  2. one Lua grab per day takes every requested place as a hold, all or nothing;
+  3. one PostgreSQL call (hy_book) writes appointments, order events and outbox rows, and guards
+     capacity itself, so Redis can never oversell what PostgreSQL accepts;
+  4. confirm turns the holds into bookings; a failed step 3 releases them.
+If the process dies between the steps, the hold expires and the reaper asks PostgreSQL whether to
+confirm or release it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+
+import asyncpg
+import msgspec
+
+from app.booking.index import pool_field, pool_name
+from app.booking.reconcile import Reconciler
+from app.booking.slot_store import GrabItem, SlotStore
+from app.db import booking_repo
+from app.errors import (
+    AppError,
+    DatabaseUnavailable,
+    Forbidden,
+    NotFound,
+    OrderNotBookable,
+    SlotUnavailable,
+    ValidationFailed,
+)
+from app.security.actor import Actor
+from realtime.publisher import EventPublisher
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = ("clinic", "desk", "self", "ward", "emergency", "checkup")
+
+# Which booking channels each role may book through.
+ROLE_CHANNELS: dict[str, frozenset[str]] = {
+    "doctor": frozenset({"clinic", "emergency"}),
+    "clerk": frozenset({"desk", "checkup", "emergency"}),
+    "nurse": frozenset({"ward"}),
+    "patient": frozenset({"self"}),
+    "sys_admin": frozenset(CHANNELS),
+}
+
+MAX_BUNDLE = 10
+
+# Chinese explanations of the grab script's reason codes, most telling first.
+REASON_MESSAGES: dict[str, str] = {
+    "OVERLAP": "与该患者已有的预约时间重叠，请选择其他时段",
+    "DUPLICATE_EXAM": "该患者当天已预约同一检查项目",
+    "LOCKED": "该时段已被科室锁定（如设备维护或专家限号），请选择其他时段",
+    "PAST": "所选时段已经结束，请选择其他时段",
+    "CLOSED": "所选时段已停诊，请选择其他时段",
+    "NO_SLOT": "所选号源不存在或尚未开放",
+    "QUOTA": "该时段剩余号源为其他预约渠道预留，请选择其他时段",
+    "FULL": "所选时段已约满，请选择其他时段",
+}
+
+
+class BookItem(msgspec.Struct, frozen=True):
+    order_id: int
+    slot_id: int
+
+
+class BookedAppointment(msgspec.Struct, frozen=True):
+    appointment_id: int
+    order_id: int
+    slot_id: int
+    exam_code: str
+    resource_id: str
+    starts_at: datetime
+    ends_at: datetime
+    pool: str
+
+
+class _Checked(msgspec.Struct, frozen=True):
+    item: BookItem
+    exam_code: str
+    day: date
+
+
+def _reason_error(reasons: Sequence[str], slot_ids: Sequence[int]) -> SlotUnavailable:
+    failing = [r for r in reasons if r != "OK"]
+    top = next(code for code in REASON_MESSAGES if code in failing)
+    return SlotUnavailable(
+        REASON_MESSAGES[top],
+        detail=f"grab refused: {top}",
+        reason=top,
+        slots=[{"slot_id": s, "reason": r} for s, r in zip(slot_ids, reasons, strict=True)],
+    )
+
+
+def check_channel(actor: Actor, channel: str) -> None:
+    if channel not in CHANNELS:
+        raise ValidationFailed(f"预约渠道无效：{channel}", detail=f"channel must be one of {CHANNELS}")
+    if not any(channel in ROLE_CHANNELS.get(role, ()) for role in actor.roles):
+        raise Forbidden(f"当前账号不能通过“{channel}”渠道预约", detail=f"roles {sorted(actor.roles)} may not book via {channel}")
+
+
+def check_patient_access(actor: Actor, patient_id: int) -> None:
+    """A patient acts only for himself; staff roles are checked by the route table."""
+    if "patient" in actor.roles and actor.patient_id != patient_id:
+        raise Forbidden("只能查看或预约本人的检查", detail="patient account acting for another patient")
+
+
+class BookingService:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        store: SlotStore,
+        reconciler: Reconciler,
+        publisher: EventPublisher,
+        *,
+        hospital_id: str,
+        hold_ttl_s: int,
+        commit_margin_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.pool = pool
+        self.store = store
+        self.reconciler = reconciler
+        self.publisher = publisher
+        self.hospital_id = hospital_id
+        self.hold_ttl_s = hold_ttl_s
+        self.commit_margin_s = commit_margin_s
+        self.clock = clock
+
+    async def book(
+        self, actor: Actor, patient_id: int, channel: str, items: Sequence[BookItem], reason: str = ""
+    ) -> list[BookedAppointment]:
+        """Book every item (an order into a slot) for the patient, all or nothing."""
+        check_channel(actor, channel)
+        check_patient_access(actor, patient_id)
+        checked = await self._check_items(patient_id, items)
+        now = self.clock()
+        expires_ms = int((now + self.hold_ttl_s) * 1000)
+        base = uuid.uuid4().hex
+        by_day: dict[date, list[_Checked]] = defaultdict(list)
+        for c in checked:
+            by_day[c.day].append(c)
+
+        holds: list[tuple[date, str, list[_Checked]]] = []
+        pools: dict[int, str] = {}
+        try:
+            for n, (day, group) in enumerate(sorted(by_day.items())):
+                hold_id = f"{base}-{n}"
+                grab_items = [GrabItem(c.item.slot_id, c.exam_code, c.item.order_id) for c in group]
+                result = await self.store.grab(day, hold_id, patient_id, channel, grab_items, int(now * 1000), expires_ms)
+                if not result.ok:
+                    raise _reason_error(result.reasons, [c.item.slot_id for c in group])
+                holds.append((day, hold_id, group))
+                for c, field in zip(group, result.pools, strict=True):
+                    pools[c.item.slot_id] = field
+        except AppError:
+            await self._release_all(patient_id, holds)
+            raise
+
+        hold_of = {c.item.slot_id: hold_id for _, hold_id, group in holds for c in group}
+        payload = [
+            {
+                "order_id": c.item.order_id,
+                "slot_id": c.item.slot_id,
+                "pool": pool_name(pools[c.item.slot_id]),
+                "hold_id": hold_of[c.item.slot_id],
+            }
+            for c in checked
+        ]
+        deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
+        try:
+            rows = await booking_repo.book(
+                self.pool, hold_id=base, patient_id=patient_id, channel=channel, items=payload,
+                deadline=deadline, actor=actor, reason=reason,
+            )
+        except DatabaseUnavailable:
+            # The commit may or may not have happened: leave the holds to the reaper, which asks
+            # PostgreSQL once it is back and confirms or releases accordingly.
+            raise
+        except AppError:
+            await self._release_all(patient_id, holds)
+            raise
+
+        for day, hold_id, _ in holds:
+            await self._confirm(day, hold_id, patient_id)
+        await self._publish_days({day for day, _, _ in holds}, "booked", [c.item.slot_id for c in checked])
+        return [
+            BookedAppointment(
+                appointment_id=r["appointment_id"], order_id=r["order_id"], slot_id=r["slot_id"],
+                exam_code=r["exam_code"], resource_id=r["resource_id"], starts_at=r["starts_at"],
+                ends_at=r["ends_at"], pool=pool_name(pools[r["slot_id"]]),
+            )
+            for r in rows
+        ]
+
+    async def cancel(self, actor: Actor, appointment_id: int, channel: str, reason: str) -> int:
+        """Cancel a live appointment; its place returns to the pool it came from. Returns the slot id."""
+        appt = await self._appointment_for(actor, appointment_id)
+        row = await booking_repo.cancel(
+            self.pool, appointment_id=appointment_id, patient_id=appt["patient_id"], channel=channel,
+            actor=actor, reason=reason,
+        )
+        await self._return_place(row["day"], row["slot_id"], appt["patient_id"], row["pool"])
+        await self._publish_days({row["day"]}, "cancelled", [row["slot_id"]])
+        return int(row["slot_id"])
+
+    async def reschedule(
+        self, actor: Actor, appointment_id: int, new_slot_id: int, channel: str, reason: str
+    ) -> BookedAppointment:
+        """Move a live appointment to another slot: take the new place first, then give back the old."""
+        check_channel(actor, channel)
+        appt = await self._appointment_for(actor, appointment_id)
+        if appt["status"] != "booked":
+            raise OrderNotBookable("该预约已取消或已改约，无法改约", detail=f"appointment status {appt['status']}")
+        if appt["slot_id"] == new_slot_id:
+            raise ValidationFailed("新时段与原时段相同", detail="new slot equals the current slot")
+        patient_id = int(appt["patient_id"])
+        slots = await booking_repo.slots_by_id(self.pool, [new_slot_id])
+        if not slots:
+            raise NotFound("所选号源不存在", detail=f"slot {new_slot_id} not found")
+        new_day: date = slots[0]["day"]
+        now = self.clock()
+        hold_id = uuid.uuid4().hex
+        replacing = int(appt["slot_id"]) if appt["day"] == new_day else None
+        result = await self.store.grab(
+            new_day, hold_id, patient_id, channel,
+            [GrabItem(new_slot_id, appt["exam_code"], appt["order_id"])],
+            int(now * 1000), int((now + self.hold_ttl_s) * 1000), replacing_slot_id=replacing,
+        )
+        if not result.ok:
+            raise _reason_error(result.reasons, [new_slot_id])
+        deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
+        try:
+            row = await booking_repo.reschedule(
+                self.pool, appointment_id=appointment_id, patient_id=patient_id, new_slot_id=new_slot_id,
+                pool=pool_name(result.pools[0]), hold_id=hold_id, deadline=deadline, channel=channel,
+                actor=actor, reason=reason,
+            )
+        except DatabaseUnavailable:
+            raise
+        except AppError:
+            await self._release_all(patient_id, [(new_day, hold_id, [])], slot_ids={hold_id: [new_slot_id]})
+            raise
+        await self._confirm(new_day, hold_id, patient_id)
+        await self._return_place(row["old_day"], row["old_slot_id"], patient_id, row["old_pool"])
+        await self._publish_days({new_day, row["old_day"]}, "rescheduled", [new_slot_id, row["old_slot_id"]])
+        return BookedAppointment(
+            appointment_id=row["appointment_id"], order_id=appt["order_id"], slot_id=row["slot_id"],
+            exam_code=appt["exam_code"], resource_id=row["resource_id"], starts_at=row["starts_at"],
+            ends_at=row["ends_at"], pool=pool_name(result.pools[0]),
+        )
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    async def _check_items(self, patient_id: int, items: Sequence[BookItem]) -> list[_Checked]:
+        if not items:
+            raise ValidationFailed("请至少选择一项检查", detail="items must not be empty")
+        if len(items) > MAX_BUNDLE:
+            raise ValidationFailed(f"一次最多预约 {MAX_BUNDLE} 项检查", detail=f"at most {MAX_BUNDLE} items")
+        if len({i.order_id for i in items}) != len(items) or len({i.slot_id for i in items}) != len(items):
+            raise ValidationFailed("同一检查申请或同一号源不能重复出现", detail="order ids and slot ids must be distinct")
+        rows = await booking_repo.check_request(self.pool, [i.order_id for i in items], [i.slot_id for i in items])
+        checked = []
+        for item, row in zip(items, rows, strict=True):
+            if row["patient_id"] is None:
+                raise NotFound("检查申请不存在", detail=f"order {item.order_id} not found")
+            if row["patient_id"] != patient_id:
+                raise ValidationFailed("检查申请不属于该患者", detail=f"order {item.order_id} belongs to another patient")
+            if row["status"] != "ordered":
+                raise OrderNotBookable(detail=f"order {item.order_id} is {row['status']}")
+            if row["day"] is None:
+                raise NotFound("所选号源不存在", detail=f"slot {item.slot_id} not found")
+            if not row["capable"]:
+                raise ValidationFailed(
+                    "所选号源的设备/诊室不能做该检查", detail=f"slot {item.slot_id} cannot do {row['exam_code']}"
+                )
+            checked.append(_Checked(item, row["exam_code"], row["day"]))
+        return checked
+
+    async def _appointment_for(self, actor: Actor, appointment_id: int) -> asyncpg.Record:
+        appt = await booking_repo.appointment_by_id(self.pool, appointment_id)
+        if appt is None:
+            raise NotFound("预约不存在", detail=f"appointment {appointment_id} not found")
+        check_patient_access(actor, int(appt["patient_id"]))
+        return appt
+
+    async def _confirm(self, day: date, hold_id: str, patient_id: int) -> None:
+        try:
+            confirmed = await self.store.confirm(day, hold_id, patient_id)
+        except AppError:
+            # Committed in PostgreSQL; the reaper will confirm the hold once Redis answers again.
+            logger.warning("confirm of hold %s deferred to the reaper", hold_id)
+            return
+        if not confirmed:
+            # The hold was reaped or the day rebuilt while PostgreSQL committed: rebuild the day
+            # from PostgreSQL, which now holds the booking.
+            logger.warning("hold %s vanished before confirm; reconciling %s", hold_id, day)
+            await self.reconciler.reconcile_day_safely(day)
+
+    async def _release_all(
+        self,
+        patient_id: int,
+        holds: Sequence[tuple[date, str, Sequence[_Checked]]],
+        slot_ids: dict[str, list[int]] | None = None,
+    ) -> None:
+        for day, hold_id, group in holds:
+            ids = (slot_ids or {}).get(hold_id) or [c.item.slot_id for c in group]
+            try:
+                await self.store.release(day, hold_id, patient_id, ids)
+            except AppError:
+                logger.warning("release of hold %s deferred to the reaper", hold_id)
+
+    async def _return_place(self, day: date, slot_id: int, patient_id: int, pool: str) -> None:
+        try:
+            returned = await self.store.cancel(day, slot_id, patient_id, pool_field(pool))
+        except AppError:
+            self.reconciler.mark_dirty(day)
+            return
+        if not returned:
+            await self.reconciler.reconcile_day_safely(day)
+
+    async def _publish_days(self, days: set[date], event: str, slot_ids: list[int]) -> None:
+        for day in sorted(days):
+            await self.publisher.publish(f"slots:{day.isoformat()}", {"event": event, "slot_ids": slot_ids})
+
+
+def hospital_today(tz_now: datetime) -> date:
+    return tz_now.date()
+
+
+def day_range(start: date, days: int) -> list[date]:
+    return [start + timedelta(days=n) for n in range(days)]

@@ -1,0 +1,243 @@
+"""The live availability index in Redis: the only module that talks to the Redis client for slots.
+
+Every write is one Lua script (app/booking/lua/*.lua), so each change of a hospital-day is atomic.
+Redis errors become CacheUnavailable at this boundary.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import date
+from importlib import resources
+from typing import Any, TypeVar
+
+import msgspec
+import orjson
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from app.booking.index import DayIndex
+from app.booking.keys import DayKeys, KeyBuilder
+from app.errors import CacheUnavailable
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+SCRIPT_NAMES = ("grab", "confirm", "release", "reap", "cancel", "lock", "unlock", "reconcile")
+
+
+def load_script(name: str) -> str:
+    return resources.files("app.booking").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class GrabItem(msgspec.Struct, frozen=True):
+    slot_id: int
+    exam_code: str
+    order_id: int
+
+
+class GrabResult(msgspec.Struct, frozen=True):
+    ok: bool
+    pools: list[str]  # per item, when ok: "o" or "q:<channel>"
+    reasons: list[str]  # per item, when not ok
+
+
+class SlotView(msgspec.Struct, frozen=True):
+    slot_id: int
+    resource_id: str
+    starts_at: int  # epoch seconds
+    ends_at: int
+    status: str
+    capacity: int
+    booked: int
+    open_left: int
+    quota_left: dict[str, int]
+    locked_channels: list[str]  # "*" for all
+
+
+class HoldRecord(msgspec.Struct, frozen=True):
+    hold_id: str
+    patient_id: int
+    channel: str
+    expires_ms: int
+    items: list[tuple[int, str]]  # (slot_id, pool field)
+
+
+@asynccontextmanager
+async def _redis_errors() -> AsyncIterator[None]:
+    try:
+        yield
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        logger.warning("redis unavailable: %s", type(exc).__name__)
+        raise CacheUnavailable(detail=f"redis: {type(exc).__name__}") from exc
+    except RedisError as exc:
+        logger.error("redis error: %s", exc)
+        raise CacheUnavailable(detail=f"redis error: {exc}") from exc
+
+
+class SlotStore:
+    """Slot availability, holds and locks of the booking horizon, in Redis."""
+
+    def __init__(self, client: aioredis.Redis, keys: KeyBuilder) -> None:
+        self.client = client
+        self.keys = keys
+        self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPT_NAMES}
+
+    async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        async with _redis_errors():
+            return await self._scripts[name](keys=list(keys), args=list(args))
+
+    async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
+        async with _redis_errors():
+            return await fn()
+
+    # -- holds -------------------------------------------------------------------------------
+
+    async def grab(
+        self,
+        day: date,
+        hold_id: str,
+        patient_id: int,
+        channel: str,
+        items: Sequence[GrabItem],
+        now_ms: int,
+        expires_ms: int,
+        replacing_slot_id: int | None = None,
+    ) -> GrabResult:
+        """Take all `items` (slots of one day) as a hold, or none of them."""
+        k = self.keys.day(day)
+        keys = [k.holds, k.hold(hold_id), k.patient(patient_id), k.members]
+        keys += [k.slot(item.slot_id) for item in items]
+        args: list[Any] = [hold_id, patient_id, channel, now_ms, expires_ms, replacing_slot_id or ""]
+        for item in items:
+            args += [item.slot_id, item.exam_code, item.order_id]
+        reply = await self._run("grab", keys, args)
+        values = [_text(v) for v in reply[1:]]
+        if int(reply[0]) == 1:
+            return GrabResult(ok=True, pools=values, reasons=[])
+        return GrabResult(ok=False, pools=[], reasons=values)
+
+    async def confirm(self, day: date, hold_id: str, patient_id: int) -> bool:
+        k = self.keys.day(day)
+        reply = await self._run("confirm", [k.holds, k.hold(hold_id), k.patient(patient_id)], [hold_id])
+        return int(reply) == 1
+
+    async def release(self, day: date, hold_id: str, patient_id: int, slot_ids: Sequence[int]) -> bool:
+        """Give a hold's places back. `slot_ids` must be the hold's slots, in its order."""
+        k = self.keys.day(day)
+        keys = [k.holds, k.hold(hold_id), k.patient(patient_id)] + [k.slot(s) for s in slot_ids]
+        return int(await self._run("release", keys, [hold_id])) == 1
+
+    async def read_hold(self, day: date, hold_id: str) -> HoldRecord | None:
+        raw = await self._call(lambda: self.client.hgetall(self.keys.day(day).hold(hold_id)))
+        if not raw:
+            return None
+        fields = {_text(k): _text(v) for k, v in raw.items()}
+        items = []
+        for part in fields["items"].split(","):
+            slot_id, pool = part.split(":", 1)
+            items.append((int(slot_id), pool))
+        return HoldRecord(hold_id, int(fields["patient"]), fields["channel"], int(fields["exp"]), items)
+
+    async def claim_expired(self, day: date, now_ms: int, lease_ms: int, limit: int = 100) -> list[str]:
+        reply = await self._run("reap", [self.keys.day(day).holds], [now_ms, lease_ms, limit])
+        return [_text(v) for v in reply]
+
+    async def cancel(self, day: date, slot_id: int, patient_id: int, pool: str) -> bool:
+        k = self.keys.day(day)
+        return int(await self._run("cancel", [k.slot(slot_id), k.patient(patient_id)], [slot_id, pool])) == 1
+
+    # -- locks -------------------------------------------------------------------------------
+
+    async def lock(self, day: date, slot_ids: Sequence[int], channels: Sequence[str] | None) -> int:
+        if not slot_ids:
+            return 0
+        k = self.keys.day(day)
+        return int(await self._run("lock", [k.slot(s) for s in slot_ids], list(channels or ["*"])))
+
+    async def unlock(self, day: date, slot_ids: Sequence[int], channels: Sequence[str] | None) -> int:
+        if not slot_ids:
+            return 0
+        k = self.keys.day(day)
+        return int(await self._run("unlock", [k.slot(s) for s in slot_ids], list(channels or ["*"])))
+
+    # -- reconcile ---------------------------------------------------------------------------
+
+    async def replace_day(self, index: DayIndex, attempts: int = 20) -> int:
+        """Atomically replace the day's keys with `index`; returns the day's new version."""
+        k = self.keys.day(index.day)
+        new_keys, payload = index.to_payload(k)
+        body = orjson.dumps(payload).decode()
+        for _ in range(attempts):
+            async with _redis_errors():
+                async with self.client.pipeline(transaction=False) as pipe:
+                    pipe.smembers(k.members)
+                    pipe.get(k.version)
+                    members, version = await pipe.execute()
+            current = sorted(_text(m) for m in members)
+            keys = [k.members, k.version, *current, *new_keys]
+            reply = await self._run("reconcile", keys, [_text(version) if version else "", len(current), body])
+            if int(reply[0]) == 1:
+                return int(reply[1])
+        raise CacheUnavailable(detail=f"reconcile of {index.day} kept racing with writers")
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def read_slots(self, day: date, resource_ids: Sequence[str]) -> list[SlotView]:
+        """The day's slots of the given resources, in start order per resource."""
+        k = self.keys.day(day)
+        async with _redis_errors():
+            async with self.client.pipeline(transaction=False) as pipe:
+                for rid in resource_ids:
+                    pipe.zrange(k.resource_index(rid), 0, -1)
+                id_lists = await pipe.execute()
+            slot_ids = [int(_text(s)) for ids in id_lists for s in ids]
+            if not slot_ids:
+                return []
+            async with self.client.pipeline(transaction=False) as pipe:
+                for sid in slot_ids:
+                    pipe.hgetall(k.slot(sid))
+                rows = await pipe.execute()
+        return [_slot_view(sid, row) for sid, row in zip(slot_ids, rows, strict=True) if row]
+
+    async def read_slot(self, day: date, slot_id: int) -> SlotView | None:
+        row = await self._call(lambda: self.client.hgetall(self.keys.day(day).slot(slot_id)))
+        return _slot_view(slot_id, row) if row else None
+
+    async def patient_entries(self, day: date, patient_id: int) -> dict[int, str]:
+        raw = await self._call(lambda: self.client.hgetall(self.keys.day(day).patient(patient_id)))
+        return {int(_text(k)): _text(v) for k, v in raw.items()}
+
+    async def live_hold_ids(self, day: date) -> list[str]:
+        raw = await self._call(lambda: self.client.zrange(self.keys.day(day).holds, 0, -1))
+        return [_text(v) for v in raw]
+
+    def day_keys(self, day: date) -> DayKeys:
+        return self.keys.day(day)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _slot_view(slot_id: int, row: dict[Any, Any]) -> SlotView:
+    f = {_text(k): _text(v) for k, v in row.items()}
+    quota_left = {name[2:]: int(v) for name, v in f.items() if name.startswith("q:")}
+    locked = sorted(name[3:] for name, v in f.items() if name.startswith("lk:") and int(v) > 0)
+    return SlotView(
+        slot_id=slot_id,
+        resource_id=f["r"],
+        starts_at=int(f["s"]),
+        ends_at=int(f["e"]),
+        status=f["st"],
+        capacity=int(f["cap"]),
+        booked=int(f["b"]),
+        open_left=int(f.get("o", "0")),
+        quota_left=quota_left,
+        locked_channels=locked,
+    )

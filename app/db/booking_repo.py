@@ -1,0 +1,172 @@
+"""SQL of the booking core: the booking functions, slot and order look-ups, the day's index rows."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import date, datetime
+from typing import Any
+
+import asyncpg
+
+from app.booking.index import BookedRow, DayIndex, LockRow, SlotRow
+from app.db.pool import database_errors
+from app.security.actor import Actor
+
+
+async def book(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    hold_id: str,
+    patient_id: int,
+    channel: str,
+    items: Sequence[dict[str, Any]],
+    deadline: datetime,
+    actor: Actor,
+    reason: str,
+) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            "SELECT * FROM hy_book($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            hold_id, patient_id, channel, list(items), deadline, actor.user_id, actor.role, actor.terminal, reason,
+        )
+
+
+async def cancel(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    appointment_id: int,
+    patient_id: int | None,
+    channel: str,
+    actor: Actor,
+    reason: str,
+) -> asyncpg.Record:
+    async with database_errors():
+        row = await conn.fetchrow(
+            "SELECT * FROM hy_cancel($1, $2, $3, $4, $5, $6, $7)",
+            appointment_id, patient_id, actor.user_id, actor.role, channel, actor.terminal, reason,
+        )
+    assert row is not None
+    return row
+
+
+async def reschedule(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    appointment_id: int,
+    patient_id: int | None,
+    new_slot_id: int,
+    pool: str,
+    hold_id: str,
+    deadline: datetime,
+    channel: str,
+    actor: Actor,
+    reason: str,
+) -> asyncpg.Record:
+    async with database_errors():
+        row = await conn.fetchrow(
+            "SELECT * FROM hy_reschedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            appointment_id, patient_id, new_slot_id, pool, hold_id, deadline, actor.user_id, actor.role, channel,
+            actor.terminal, reason,
+        )
+    assert row is not None
+    return row
+
+
+async def orders_by_id(conn: asyncpg.Connection | asyncpg.Pool, order_ids: Sequence[int]) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT id, order_no, patient_id, exam_code, status, patient_class, priority, ward_id,
+                      ordering_department_id
+                 FROM exam_order WHERE id = ANY($1::bigint[])""",
+            list(order_ids),
+        )
+
+
+async def slots_by_id(conn: asyncpg.Connection | asyncpg.Pool, slot_ids: Sequence[int]) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT id, hospital_id, resource_id, day, starts_at, ends_at, capacity, booked, status
+                 FROM slot WHERE id = ANY($1::bigint[])""",
+            list(slot_ids),
+        )
+
+
+async def appointment_by_id(conn: asyncpg.Connection | asyncpg.Pool, appointment_id: int) -> asyncpg.Record | None:
+    async with database_errors():
+        return await conn.fetchrow(
+            """SELECT a.*, o.order_no FROM appointment a JOIN exam_order o ON o.id = a.order_id
+                WHERE a.id = $1""",
+            appointment_id,
+        )
+
+
+async def hold_committed(conn: asyncpg.Connection | asyncpg.Pool, hold_id: str) -> bool:
+    """True when a booking made under this hold is in PostgreSQL (whatever happened to it since)."""
+    async with database_errors():
+        return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM appointment WHERE hold_id = $1)", hold_id))
+
+
+async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, day: date) -> DayIndex:
+    """Everything the Redis index of one day is rebuilt from, read in one snapshot."""
+    async with database_errors():
+        if isinstance(conn, asyncpg.Pool):
+            async with conn.acquire() as c:
+                return await day_index(c, hospital_id, day)
+        async with conn.transaction(isolation="repeatable_read", readonly=True):
+            slots = await conn.fetch(
+                """SELECT id, resource_id, extract(epoch FROM starts_at)::bigint AS s,
+                          extract(epoch FROM ends_at)::bigint AS e, capacity, quotas, booked, status
+                     FROM slot WHERE hospital_id = $1 AND day = $2 ORDER BY resource_id, starts_at""",
+                hospital_id, day,
+            )
+            booked = await conn.fetch(
+                """SELECT slot_id, patient_id, exam_code, order_id, pool, hold_id FROM appointment
+                    WHERE hospital_id = $1 AND day = $2 AND status = 'booked'""",
+                hospital_id, day,
+            )
+            locks = await conn.fetch(
+                """SELECT s.id AS slot_id, l.channels FROM slot_lock l
+                     JOIN slot s ON s.resource_id = l.resource_id AND s.starts_at < l.ends_at
+                                AND l.starts_at < s.ends_at
+                    WHERE l.hospital_id = $1 AND s.day = $2 AND l.released_at IS NULL""",
+                hospital_id, day,
+            )
+    return DayIndex(
+        day=day,
+        slots=[
+            SlotRow(r["id"], r["resource_id"], r["s"], r["e"], r["capacity"], dict(r["quotas"]), r["booked"], r["status"])
+            for r in slots
+        ],
+        booked=[
+            BookedRow(r["slot_id"], r["patient_id"], r["exam_code"], r["order_id"], r["pool"], r["hold_id"])
+            for r in booked
+        ],
+        locks=[LockRow(r["slot_id"], list(r["channels"]) if r["channels"] is not None else None) for r in locks],
+    )
+
+
+async def days_with_slots(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, start: date, end: date) -> list[date]:
+    async with database_errors():
+        rows = await conn.fetch(
+            "SELECT DISTINCT day FROM slot WHERE hospital_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
+            hospital_id, start, end,
+        )
+    return [r["day"] for r in rows]
+
+
+async def check_request(
+    conn: asyncpg.Connection | asyncpg.Pool, order_ids: Sequence[int], slot_ids: Sequence[int]
+) -> list[asyncpg.Record]:
+    """Per requested (order, slot) pair, in request order: the order's patient, exam and status,
+    the slot's day, and whether the slot's resource can perform the exam (NULLs when not found)."""
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT req.n, o.patient_id, o.exam_code, o.status, s.day,
+                      EXISTS (SELECT 1 FROM exam_capability c
+                               WHERE c.exam_code = o.exam_code AND c.resource_id = s.resource_id) AS capable
+                 FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS req(order_id, slot_id, n)
+                 LEFT JOIN exam_order o ON o.id = req.order_id
+                 LEFT JOIN slot s ON s.id = req.slot_id
+                ORDER BY req.n""",
+            list(order_ids), list(slot_ids),
+        )

@@ -1,0 +1,57 @@
+"""SQL for patients, their orders and appointments, and the audit log of access to them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from app.db.pool import database_errors
+from app.security.actor import Actor
+
+
+async def patient_by_id(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int) -> asyncpg.Record | None:
+    async with database_errors():
+        return await conn.fetchrow(
+            "SELECT id, mrn, name, gender, birth_date, id_number, phone FROM patient WHERE id = $1", patient_id
+        )
+
+
+async def orders_of(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT o.id, o.order_no, o.exam_code, e.name AS exam_name, o.status, o.patient_class, o.priority,
+                      o.ordering_department_id, o.ordering_doctor, o.ordered_at
+                 FROM exam_order o JOIN exam_type e ON e.code = o.exam_code
+                WHERE o.patient_id = $1 ORDER BY o.ordered_at, o.id""",
+            patient_id,
+        )
+
+
+async def appointments_of(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT a.id, a.order_id, a.slot_id, a.exam_code, e.name AS exam_name, a.resource_id,
+                      r.name AS resource_name, r.location, a.starts_at, a.ends_at, a.channel, a.pool, a.status,
+                      a.booked_at, e.prep_text
+                 FROM appointment a JOIN exam_type e ON e.code = a.exam_code JOIN resource r ON r.id = a.resource_id
+                WHERE a.patient_id = $1 ORDER BY a.starts_at, a.id""",
+            patient_id,
+        )
+
+
+async def audit(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    actor: Actor,
+    action: str,
+    object_type: str,
+    object_id: str,
+    patient_id: int | None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    async with database_errors():
+        await conn.execute(
+            """INSERT INTO audit_log (actor_id, actor_role, action, object_type, object_id, patient_id, ip, detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
+            actor.user_id, actor.role, action, object_type, object_id, patient_id, actor.ip, detail or {},
+        )

@@ -1,0 +1,103 @@
+"""The PostgreSQL pool and the translation of database errors into the project's own errors.
+
+Only app/db/ imports asyncpg.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import asyncpg
+import orjson
+
+from app.errors import (
+    AppError,
+    AppointmentNotLive,
+    DatabaseUnavailable,
+    HoldExpired,
+    OrderNotBookable,
+    SlotLocked,
+    SlotUnavailable,
+    ValidationFailed,
+)
+from app.settings import DatabaseSettings
+
+logger = logging.getLogger(__name__)
+
+Pool = asyncpg.Pool
+Connection = asyncpg.Connection
+Record = asyncpg.Record
+
+# Codes raised by the booking functions in sql/0002_booking_functions.sql.
+_RAISED: dict[str, type[AppError]] = {
+    "SLOT_FULL": SlotUnavailable,
+    "SLOT_LOCKED": SlotLocked,
+    "ORDER_NOT_BOOKABLE": OrderNotBookable,
+    "EXAM_NOT_ON_RESOURCE": ValidationFailed,
+    "HOLD_EXPIRED": HoldExpired,
+    "APPOINTMENT_NOT_LIVE": AppointmentNotLive,
+}
+
+_UNAVAILABLE = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.AdminShutdownError,
+    ConnectionError,
+    OSError,
+    TimeoutError,
+)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
+        )
+
+
+async def create_pool(settings: DatabaseSettings, dsn: str) -> asyncpg.Pool:
+    async with database_errors():
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=settings.pool_min,
+            max_size=settings.pool_max,
+            command_timeout=settings.command_timeout_s,
+            init=_init_connection,
+        )
+    assert pool is not None
+    return pool
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    async with database_errors():
+        conn = await asyncpg.connect(dsn)
+    await _init_connection(conn)
+    return conn
+
+
+@asynccontextmanager
+async def database_errors() -> AsyncIterator[None]:
+    """Translate asyncpg errors into AppErrors at the database boundary."""
+    try:
+        yield
+    except asyncpg.RaiseError as exc:
+        error = _RAISED.get(str(exc.args[0]) if exc.args else "")
+        if error is None:
+            raise
+        raise error(detail=f"{exc.args[0]}: {exc.detail or ''}") from exc
+    except asyncpg.UniqueViolationError as exc:
+        if exc.constraint_name == "appointment_one_live_per_order":
+            raise OrderNotBookable(detail="order already has a live appointment") from exc
+        raise
+    except _UNAVAILABLE as exc:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable(detail=f"postgres: {type(exc).__name__}") from exc
+
+
+def record_dict(record: Any) -> dict[str, Any]:
+    return dict(record.items())

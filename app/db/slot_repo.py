@@ -1,0 +1,121 @@
+"""SQL for slot templates, slot generation and locks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+from app.booking.generation import PlannedSlot, Template
+from app.db.pool import database_errors
+
+
+class GenerationCounts(msgspec.Struct):
+    inserted: int = 0
+    updated: int = 0
+
+
+async def active_templates(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str) -> list[Template]:
+    async with database_errors():
+        rows = await conn.fetch(
+            """SELECT t.* FROM slot_template t JOIN resource r ON r.id = t.resource_id
+                WHERE t.active AND r.active AND r.hospital_id = $1 ORDER BY t.id""",
+            hospital_id,
+        )
+    return [
+        Template(r["id"], r["resource_id"], r["weekday"], r["start_time"], r["end_time"], r["window_min"],
+                 r["capacity"], dict(r["quotas"]), r["valid_from"], r["valid_to"])
+        for r in rows
+    ]
+
+
+async def upsert_slots(
+    conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, planned: Sequence[PlannedSlot]
+) -> GenerationCounts:
+    """Insert missing slots; refresh capacity and quotas of slots nobody has booked yet. A slot
+    with a booking is never changed here."""
+    if not planned:
+        return GenerationCounts()
+    async with database_errors():
+        rows = await conn.fetch(
+            """INSERT INTO slot (hospital_id, resource_id, template_id, day, starts_at, ends_at, capacity, quotas)
+               SELECT $1, r, t, d, s, e, c, q::jsonb
+                 FROM unnest($2::text[], $3::bigint[], $4::date[], $5::timestamptz[], $6::timestamptz[],
+                             $7::int[], $8::text[]) AS p(r, t, d, s, e, c, q)
+               ON CONFLICT (resource_id, starts_at) DO UPDATE
+                  SET capacity = EXCLUDED.capacity, quotas = EXCLUDED.quotas, ends_at = EXCLUDED.ends_at,
+                      template_id = EXCLUDED.template_id
+                WHERE slot.booked = 0
+                  AND (slot.capacity, slot.quotas, slot.ends_at, slot.template_id)
+                      IS DISTINCT FROM (EXCLUDED.capacity, EXCLUDED.quotas, EXCLUDED.ends_at, EXCLUDED.template_id)
+               RETURNING (xmax = 0) AS inserted""",
+            hospital_id,
+            [p.resource_id for p in planned],
+            [p.template_id for p in planned],
+            [p.day for p in planned],
+            [p.starts_at for p in planned],
+            [p.ends_at for p in planned],
+            [p.capacity for p in planned],
+            [msgspec.json.encode(p.quotas).decode() for p in planned],
+        )
+    inserted = sum(1 for r in rows if r["inserted"])
+    return GenerationCounts(inserted=inserted, updated=len(rows) - inserted)
+
+
+async def insert_lock(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    *,
+    hospital_id: str,
+    resource_id: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    channels: list[str] | None,
+    kind: str,
+    reason: str,
+    created_by: int | None,
+) -> asyncpg.Record:
+    async with database_errors():
+        row = await conn.fetchrow(
+            """INSERT INTO slot_lock (hospital_id, resource_id, starts_at, ends_at, channels, kind, reason, created_by)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
+            hospital_id, resource_id, starts_at, ends_at, channels, kind, reason, created_by,
+        )
+    assert row is not None
+    return row
+
+
+async def release_lock(conn: asyncpg.Connection | asyncpg.Pool, lock_id: int, released_by: int | None) -> asyncpg.Record | None:
+    async with database_errors():
+        return await conn.fetchrow(
+            """UPDATE slot_lock SET released_at = now(), released_by = $2
+                WHERE id = $1 AND released_at IS NULL RETURNING *""",
+            lock_id, released_by,
+        )
+
+
+async def slots_in_window(
+    conn: asyncpg.Connection | asyncpg.Pool, resource_id: str, starts_at: datetime, ends_at: datetime
+) -> list[asyncpg.Record]:
+    """Slots of the resource overlapping the window, with their live booking counts."""
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT id, day, booked FROM slot
+                WHERE resource_id = $1 AND starts_at < $3 AND $2 < ends_at ORDER BY starts_at""",
+            resource_id, starts_at, ends_at,
+        )
+
+
+async def list_locks(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, resource_id: str | None) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT * FROM slot_lock WHERE hospital_id = $1 AND released_at IS NULL
+                  AND ($2::text IS NULL OR resource_id = $2) ORDER BY starts_at""",
+            hospital_id, resource_id,
+        )
+
+
+async def lock_by_id(conn: asyncpg.Connection | asyncpg.Pool, lock_id: int) -> asyncpg.Record | None:
+    async with database_errors():
+        return await conn.fetchrow("SELECT * FROM slot_lock WHERE id = $1", lock_id)

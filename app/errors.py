@@ -1,0 +1,98 @@
+"""The project's errors: one base with a stable machine code, an HTTP status and a Chinese message.
+
+The HTTP edge (app/api/problem.py) turns any AppError into RFC 9457 problem+json. Messages are
+read by clinicians, clerks and patients, so they are Chinese; codes and details are English.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class AppError(Exception):
+    code: str = "internal_error"
+    status: int = 500
+    title: str = "系统内部错误，请稍后重试"
+
+    def __init__(self, message: str | None = None, *, detail: str = "", **extra: Any) -> None:
+        self.message = message or self.title
+        self.detail = detail
+        self.extra = extra
+        super().__init__(f"{self.code}: {detail or self.message}")
+
+
+class BadRequest(AppError):
+    code = "bad_request"
+    status = 400
+    title = "请求格式不正确"
+
+
+class ValidationFailed(AppError):
+    code = "validation_failed"
+    status = 422
+    title = "请求内容不符合要求"
+
+
+class NotAuthenticated(AppError):
+    code = "not_authenticated"
+    status = 401
+    title = "请先登录"
+
+
+class Forbidden(AppError):
+    code = "forbidden"
+    status = 403
+    title = "您没有执行此操作的权限"
+
+
+class NotFound(AppError):
+    code = "not_found"
+    status = 404
+    title = "未找到请求的内容"
+
+
+class Conflict(AppError):
+    code = "conflict"
+    status = 409
+    title = "操作与当前状态冲突"
+
+
+class SlotUnavailable(Conflict):
+    """One or more requested slots cannot be taken; `reasons` says why, per slot."""
+
+    code = "slot_unavailable"
+    title = "所选号源已约满或不可预约，请选择其他时段"
+
+
+class SlotLocked(SlotUnavailable):
+    code = "slot_locked"
+    title = "该时段已被科室锁定（如设备维护或专家限号），请选择其他时段"
+
+
+class OrderNotBookable(Conflict):
+    code = "order_not_bookable"
+    title = "该检查申请当前不可预约（可能已预约或已取消）"
+
+
+class AppointmentNotLive(Conflict):
+    code = "appointment_not_live"
+    title = "该预约已取消或已改约，无法操作"
+
+
+class HoldExpired(Conflict):
+    code = "hold_expired"
+    title = "号源保留已超时，请重新选择时段"
+
+
+class ServiceUnavailable(AppError):
+    code = "service_unavailable"
+    status = 503
+    title = "系统繁忙或维护中，请稍后重试"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    code = "database_unavailable"
+
+
+class CacheUnavailable(ServiceUnavailable):
+    code = "cache_unavailable"

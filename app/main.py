@@ -1,0 +1,91 @@
+"""The Starlette application: routes, error handlers, and a lifespan that builds the services."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute
+
+from app.api import admin, appointments, auth, catalogue, health, patients
+from app.api.openapi import build_openapi
+from app.api.problem import app_error_handler, http_error_handler, unexpected_error_handler
+from app.api.routing import PUBLIC, Call, api_route, json_response, page_route, set_display_zone
+from app.background import run_background
+from app.errors import AppError
+from app.services import Services
+from app.settings import Settings, load_settings
+from dashboards.pages import index
+
+logger = logging.getLogger(__name__)
+
+
+def _version() -> str:
+    try:
+        return version("huiyue")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def build_routes() -> list[BaseRoute]:
+    routes: list[BaseRoute] = [page_route("/", index, roles=PUBLIC, summary="Landing page")]
+    for module in (health, auth, catalogue, appointments, patients, admin):
+        routes += module.routes
+
+    async def openapi(call: Call) -> Response:
+        return json_response(call.request.app.state.openapi)
+
+    routes.append(api_route("/openapi.json", openapi, roles=PUBLIC, summary="This API's OpenAPI document", tag="meta"))
+    return routes
+
+
+def create_app(
+    settings: Settings, database_url: str, redis_url: str, *, background: bool = True, services: Services | None = None
+) -> Starlette:
+    """The app for one worker. Pass `services` to share ones the caller already opened (tests)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        own = services is None
+        svc = services or await Services.open(settings, database_url, redis_url)
+        app.state.services = svc
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_background(svc, stop)) if background else None
+        try:
+            yield
+        finally:
+            stop.set()
+            if task is not None:
+                await task
+            if own:
+                await svc.close()
+
+    set_display_zone(ZoneInfo(settings.booking.timezone))
+    routes = build_routes()
+    handlers: dict[Any, Any] = {
+        AppError: app_error_handler,
+        HTTPException: http_error_handler,
+        Exception: unexpected_error_handler,
+    }
+    app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    app.state.openapi = build_openapi(routes, _version())
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory for multi-worker production runs (DATABASE_URL and REDIS_URL required)."""
+    settings = load_settings()
+    if settings.database.url is None or settings.redis.url is None:
+        raise SystemExit("several workers need DATABASE_URL and REDIS_URL (embedded servers are single-process)")
+    return create_app(settings, settings.database.url, settings.redis.url)
+
+

@@ -1,0 +1,74 @@
+"""The composition root: builds the pool, the Redis client and every service once, and hands
+them to the HTTP app, the CLI and the background roles. No module globals hold resources."""
+
+from __future__ import annotations
+
+import logging
+
+import asyncpg
+import redis.asyncio as aioredis
+
+from app.booking.keys import KeyBuilder
+from app.booking.pools import PoolAdmin
+from app.booking.reconcile import Reconciler
+from app.booking.service import BookingService
+from app.booking.slot_store import SlotStore
+from app.db import catalogue_repo
+from app.db.pool import create_pool
+from app.planning.catalogue import Catalogue
+from app.security.sessions import SessionManager
+from app.settings import Settings
+from realtime.publisher import EventPublisher
+
+logger = logging.getLogger(__name__)
+
+
+def create_redis(url: str, max_connections: int, timeout_s: float) -> aioredis.Redis:
+    # A blocking pool waits for a free connection instead of failing with "Too many connections".
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class Services:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, redis: aioredis.Redis, catalogue: Catalogue) -> None:
+        b = settings.booking
+        self.settings = settings
+        self.pool = pool
+        self.redis = redis
+        self.catalogue = catalogue
+        self.keys = KeyBuilder(settings.redis.key_prefix, b.hospital_id)
+        self.store = SlotStore(redis, self.keys)
+        self.publisher = EventPublisher(redis, self.keys)
+        self.reconciler = Reconciler(
+            pool, self.store, hospital_id=b.hospital_id, timezone=b.timezone, horizon_days=b.horizon_days
+        )
+        self.booking = BookingService(
+            pool, self.store, self.reconciler, self.publisher, hospital_id=b.hospital_id,
+            hold_ttl_s=b.hold_ttl_s, commit_margin_s=b.commit_margin_s,
+        )
+        self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
+        self.sessions = SessionManager(
+            pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
+        )
+
+    @classmethod
+    async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Services:
+        pool = await create_pool(settings.database, database_url)
+        redis = create_redis(redis_url, settings.redis.max_connections, settings.redis.pool_timeout_s)
+        try:
+            catalogue = await catalogue_repo.load_catalogue(pool, settings.booking.hospital_id)
+        except BaseException:
+            await pool.close()
+            await redis.aclose()
+            raise
+        return cls(settings, pool, redis, catalogue)
+
+    async def reload_catalogue(self) -> None:
+        self.catalogue = await catalogue_repo.load_catalogue(self.pool, self.settings.booking.hospital_id)
+
+    async def close(self) -> None:
+        await self.pool.close()
+        await self.redis.aclose()

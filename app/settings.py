@@ -1,0 +1,108 @@
+"""All configuration, read from environment variables once. Nothing else reads os.environ.
+
+Every area has a typed struct with defaults that run on a laptop: with no DATABASE_URL and no
+REDIS_URL the platform starts embedded PostgreSQL and Valkey servers under HY_DATA_DIR.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class DatabaseSettings(msgspec.Struct, frozen=True):
+    url: str | None  # None: start the embedded server
+    pool_min: int = 2
+    pool_max: int = 20
+    command_timeout_s: float = 10.0
+
+
+class RedisSettings(msgspec.Struct, frozen=True):
+    url: str | None  # None: start the embedded server
+    key_prefix: str = "hy"
+    max_connections: int = 64
+    pool_timeout_s: float = 5.0
+
+
+class ServerSettings(msgspec.Struct, frozen=True):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    log_level: str = "info"
+
+
+class SecuritySettings(msgspec.Struct, frozen=True):
+    session_ttl_s: int = 8 * 3600
+    session_cache_s: int = 300
+
+
+class BookingSettings(msgspec.Struct, frozen=True):
+    hospital_id: str = "h1"
+    timezone: str = "Asia/Shanghai"
+    horizon_days: int = 14
+    hold_ttl_s: int = 60  # a grab not committed by then is reaped
+    # PostgreSQL refuses to commit a booking this long before the hold expires, so the reaper can
+    # never free a hold whose booking is still about to commit.
+    commit_margin_s: int = 10
+    reaper_interval_s: float = 5.0
+
+
+class Settings(msgspec.Struct, frozen=True):
+    database: DatabaseSettings
+    redis: RedisSettings
+    server: ServerSettings
+    security: SecuritySettings
+    booking: BookingSettings
+    data_dir: Path
+    environment: str = "development"
+
+    @property
+    def embedded(self) -> bool:
+        return self.database.url is None or self.redis.url is None
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build the settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    return Settings(
+        database=DatabaseSettings(
+            url=env.get("DATABASE_URL") or None,
+            pool_min=_int(env, "HY_DB_POOL_MIN", 2),
+            pool_max=_int(env, "HY_DB_POOL_MAX", 20),
+        ),
+        redis=RedisSettings(
+            url=env.get("REDIS_URL") or None,
+            key_prefix=env.get("HY_REDIS_PREFIX", "hy"),
+            max_connections=_int(env, "HY_REDIS_MAX_CONNECTIONS", 64),
+        ),
+        server=ServerSettings(
+            host=env.get("HY_HOST", "127.0.0.1"),
+            port=_int(env, "HY_PORT", 8000),
+            workers=_int(env, "HY_WORKERS", 1),
+            log_level=env.get("HY_LOG_LEVEL", "info"),
+        ),
+        security=SecuritySettings(session_ttl_s=_int(env, "HY_SESSION_TTL_S", 8 * 3600)),
+        booking=BookingSettings(
+            hospital_id=env.get("HY_HOSPITAL_ID", "h1"),
+            timezone=env.get("HY_TIMEZONE", "Asia/Shanghai"),
+            horizon_days=_int(env, "HY_HORIZON_DAYS", 14),
+            hold_ttl_s=_int(env, "HY_HOLD_TTL_S", 60),
+        ),
+        data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
+        environment=env.get("HY_ENV", "development"),
+    )
