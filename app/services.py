@@ -29,7 +29,7 @@ def create_redis(url: str, max_connections: int, timeout_s: float) -> aioredis.R
         url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
     )
-    return aioredis.Redis(connection_pool=pool)
+    return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it with itself
 
 
 class Services:

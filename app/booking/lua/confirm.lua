@@ -15,12 +15,14 @@ local items = redis.call('HGET', hold, 'items')
 if not items then
   return 0
 end
+-- Plain find: hold ids may hold characters that are magic in Lua patterns (such as '-').
+local held, booked = '|' .. hold_id .. '|h|', '|' .. hold_id .. '|b|'
 for slot_id in string.gmatch(items, '([^:,]+):[^,]+') do
   local entry = redis.call('HGET', patient, slot_id)
   if entry then
-    local head, rest = string.match(entry, '^(%d+|%d+|[^|]*|' .. hold_id .. ')|h|(.*)$')
-    if head then
-      redis.call('HSET', patient, slot_id, head .. '|b|' .. rest)
+    local first, last = string.find(entry, held, 1, true)
+    if first then
+      redis.call('HSET', patient, slot_id, string.sub(entry, 1, first - 1) .. booked .. string.sub(entry, last + 1))
     end
   end
 end

@@ -1,0 +1,135 @@
+"""Shared test helpers: demo actors, bulk patients and orders, and the PostgreSQL = Redis check."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import date, timedelta
+from typing import Any
+
+import asyncpg
+
+from app.booking.index import DayIndex
+from app.db import booking_repo
+from app.demo.data import DEMO_PASSWORD
+from app.security.actor import Actor
+from app.services import Services
+
+
+async def actor_for(services: Services, username: str) -> Actor:
+    return (await services.sessions.login(username, DEMO_PASSWORD, terminal="pytest")).actor
+
+
+async def token_for(services: Services, username: str) -> str:
+    return (await services.sessions.login(username, DEMO_PASSWORD, terminal="pytest")).token
+
+
+def future_day(services: Services, nth: int = 3) -> date:
+    """The nth working day (Monday to Friday) after today: every demo resource opens then."""
+    day = services.reconciler.today()
+    while nth > 0:
+        day += timedelta(days=1)
+        if day.isoweekday() <= 5:
+            nth -= 1
+    return day
+
+
+async def open_slots(services: Services, exam_code: str, day: date, limit: int = 50) -> list[asyncpg.Record]:
+    """Open slots on `day` whose resource can do `exam_code`, earliest first."""
+    return await services.pool.fetch(
+        """SELECT s.* FROM slot s JOIN exam_capability c ON c.resource_id = s.resource_id
+            WHERE c.exam_code = $1 AND s.day = $2 AND s.status = 'open' AND s.booked < s.capacity
+            ORDER BY s.starts_at, s.resource_id LIMIT $3""",
+        exam_code, day, limit,
+    )
+
+
+async def new_patients_with_orders(
+    conn: asyncpg.Connection | asyncpg.Pool, count: int, exam_codes: list[str], patient_class: str = "outpatient"
+) -> list[tuple[int, list[int]]]:
+    """`count` new patients, each with one order per exam code: [(patient_id, [order_id, ...])]."""
+    tag = uuid.uuid4().hex[:8]
+    patients = await conn.fetch(
+        """INSERT INTO patient (hospital_id, mrn, name, gender, birth_date)
+           SELECT 'h1', 'T' || $1 || '-' || g, '测试患者' || g, 'U', DATE '1980-01-01'
+             FROM generate_series(1, $2) AS g RETURNING id""",
+        tag, count,
+    )
+    ids = [r["id"] for r in patients]
+    out = []
+    rows = await conn.fetch(
+        """INSERT INTO exam_order (order_no, hospital_id, patient_id, exam_code, ordering_department_id,
+                                   ordering_doctor, patient_class)
+           SELECT 'T' || $1 || '-' || p || '-' || e, 'h1', p, e, 'GI', '测试医生', $4
+             FROM unnest($2::bigint[]) AS p, unnest($3::text[]) WITH ORDINALITY AS x(e, n)
+            ORDER BY p, n
+           RETURNING id, patient_id""",
+        tag, ids, exam_codes, patient_class,
+    )
+    by_patient: dict[int, list[int]] = {pid: [] for pid in ids}
+    for r in rows:
+        by_patient[r["patient_id"]].append(r["id"])
+    out = [(pid, by_patient[pid]) for pid in ids]
+    return out
+
+
+def _normalise(fields: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in fields.items() if not (k.startswith("lk:") and v == "0")}
+
+
+async def redis_slot_fields(services: Services, day: date, slot_ids: list[int]) -> dict[int, dict[str, str]]:
+    k = services.keys.day(day)
+    async with services.redis.pipeline(transaction=False) as pipe:
+        for sid in slot_ids:
+            pipe.hgetall(k.slot(sid))
+        rows = await pipe.execute()
+    return {
+        sid: _normalise({a.decode(): b.decode() for a, b in row.items()})
+        for sid, row in zip(slot_ids, rows, strict=True)
+    }
+
+
+async def assert_redis_matches_postgres(services: Services, day: date) -> DayIndex:
+    """Every slot of the day has the same counters in Redis as PostgreSQL implies, every live
+    booking is a booked entry of its patient, and no hold is left."""
+    index = await booking_repo.day_index(services.pool, services.settings.booking.hospital_id, day)
+    expected = {sid: _normalise(f) for sid, f in index.slot_fields().items()}
+    actual = await redis_slot_fields(services, day, list(expected))
+    mismatched = {sid: (expected[sid], actual[sid]) for sid in expected if expected[sid] != actual[sid]}
+    assert not mismatched, f"Redis and PostgreSQL disagree on {len(mismatched)} slots: {list(mismatched.items())[:3]}"
+    for slot in index.slots:
+        used = sum(1 for b in index.booked if b.slot_id == slot.slot_id)
+        assert used == slot.booked <= slot.capacity, (slot, used)
+    for b in index.booked:
+        entries = await services.store.patient_entries(day, b.patient_id)
+        assert b.slot_id in entries and "|b|" in entries[b.slot_id], (b, entries)
+    assert await services.store.live_hold_ids(day) == []
+    return index
+
+
+async def availability_snapshot(services: Services, day: date) -> dict[int, dict[str, Any]]:
+    """Every slot of the day as Redis shows it (for before/after comparisons)."""
+    views = await services.store.read_slots(day, sorted(services.catalogue.resources))
+    return {v.slot_id: {"booked": v.booked, "open": v.open_left, "quota": v.quota_left, "locks": v.locked_channels,
+                        "status": v.status, "capacity": v.capacity} for v in views}
+
+
+async def fill_slot(services: Services, slot: asyncpg.Record, exam_code: str) -> int:
+    """Book new patients into `slot` until it is full, through every channel's quota; returns how many."""
+    from app.booking.service import BookItem
+    from app.errors import SlotUnavailable
+
+    admin = await actor_for(services, "admin")
+    taken = 0
+    channels = [*sorted(slot["quotas"]), "desk"]
+    patients = await new_patients_with_orders(services.pool, slot["capacity"], [exam_code])
+    for pid, [oid] in patients:
+        for channel in channels:
+            try:
+                await services.booking.book(admin, pid, channel, [BookItem(oid, slot["id"])])
+            except SlotUnavailable as exc:
+                if exc.extra["reason"] == "QUOTA":
+                    continue
+                raise
+            taken += 1
+            break
+    return taken
