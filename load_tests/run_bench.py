@@ -32,6 +32,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -60,6 +61,9 @@ FLOOR_BOOKINGS_S = 1000.0  # the hospital's floor ...
 FLOOR_P99_MS = 2000.0  # ... with p99 under 2 s
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_EXCEPTION_LINE = re.compile(
+    r"^((?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Disconnect|Timeout|Unavailable))\b"
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,7 +239,11 @@ class Server:
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app", "serve", "--no-demo", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -359,7 +367,10 @@ class Bench:
         t = time.monotonic()
         data = asyncio.run(go())
         reply = http_json(
-            "POST", self.server.base + "/api/v1/admin/reconcile", {"day": day.isoformat()}, self.admin_token,
+            "POST",
+            self.server.base + "/api/v1/admin/reconcile",
+            {"day": day.isoformat()},
+            self.admin_token,
             timeout=120,
         )
         log(
@@ -409,21 +420,41 @@ class Bench:
 
         booked = asyncio.run(pg())
         redis_b = [int(x) if x is not None else None for x in b]
-        return {"ok": redis_b == booked and holds == 0, "redis_booked": sum(x or 0 for x in redis_b),
-                "live_holds": holds, "mismatched_slots": sum(1 for x, y in zip(redis_b, booked, strict=True) if x != y)}
+        return {
+            "ok": redis_b == booked and holds == 0,
+            "redis_booked": sum(x or 0 for x in redis_b),
+            "live_holds": holds,
+            "mismatched_slots": sum(1 for x, y in zip(redis_b, booked, strict=True) if x != y),
+        }
 
     # -- wrk ---------------------------------------------------------------------------------
 
     def wrk(self, scenario: str, data: StormData | None = None) -> Run:
         a = self.args
-        cmd = ["wrk", f"-t{a.wrk_threads}", f"-c{a.wrk_connections}", f"-d{a.seconds}s", "--latency", "--timeout", "10s"]
+        cmd = [
+            "wrk",
+            f"-t{a.wrk_threads}",
+            f"-c{a.wrk_connections}",
+            f"-d{a.seconds}s",
+            "--latency",
+            "--timeout",
+            "10s",
+        ]
         if data is None:
             cmd += ["-s", str(HERE / "wrk_report.lua"), self.server.base + "/ping"]
         else:
             pairs = data.write_pairs_txt(self.workdir / f"wrk_{scenario}_pairs.txt")
             slots = ",".join(str(s) for s in data.slot_ids)
-            cmd += ["-s", str(HERE / "wrk_book.lua"), self.server.base, "--", str(pairs), self.clerk_token, slots,
-                    str(a.wrk_threads)]
+            cmd += [
+                "-s",
+                str(HERE / "wrk_book.lua"),
+                self.server.base,
+                "--",
+                str(pairs),
+                self.clerk_token,
+                slots,
+                str(a.wrk_threads),
+            ]
         log(f"wrk {scenario}: {' '.join(cmd[:7])} ...")
         before = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 60, check=False)
@@ -434,8 +465,17 @@ class Bench:
         j = _hybench_json(proc.stdout)
         lat = j["latency_us"]
         e = j["errors"]
-        run = Run("wrk", scenario, requests=j["requests"], seconds=j["duration_us"] / 1e6, rps=_wrk_rps(proc.stdout),
-                  p50_ms=ms(lat["p50"]), p95_ms=ms(lat["p95"]), p99_ms=ms(lat["p99"]), max_ms=ms(lat["max"]))
+        run = Run(
+            "wrk",
+            scenario,
+            requests=j["requests"],
+            seconds=j["duration_us"] / 1e6,
+            rps=_wrk_rps(proc.stdout),
+            p50_ms=ms(lat["p50"]),
+            p95_ms=ms(lat["p95"]),
+            p99_ms=ms(lat["p99"]),
+            max_ms=ms(lat["max"]),
+        )
         transport = e["connect"] + e["read"] + e["write"] + e["timeout"]
         if data is None:
             run.errors = transport + e["status"]
@@ -465,13 +505,33 @@ class Bench:
         else:
             locustfile, classes = HERE / "locustfile_release_storm.py", ["BookingUser"]
             env["HY_STORM_FILE"] = str(data.write_json(self.workdir / f"locust_{scenario}.json"))
-        cmd = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-u", str(a.users), "-r",
-               str(a.users), "-t", f"{a.seconds}s", "--only-summary", "--csv", str(prefix), "--host",
-               self.server.base, "--loglevel", "WARNING", *classes]
+        cmd = [
+            sys.executable,
+            "-m",
+            "locust",
+            "-f",
+            str(locustfile),
+            "--headless",
+            "-u",
+            str(a.users),
+            "-r",
+            str(a.users),
+            "-t",
+            f"{a.seconds}s",
+            "--only-summary",
+            "--csv",
+            str(prefix),
+            "--host",
+            self.server.base,
+            "--loglevel",
+            "WARNING",
+            *classes,
+        ]
         log(f"locust {scenario}: -u {a.users} -r {a.users} -t {a.seconds}s {locustfile.name} {' '.join(classes)}")
         before = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 90, check=False, env=env,
-                              cwd=ROOT)
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=a.seconds + 90, check=False, env=env, cwd=ROOT
+        )
         after = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
         (self.workdir / f"locust_{scenario}.out").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
         stats_path = Path(f"{prefix}_stats.csv")
@@ -508,7 +568,11 @@ class Bench:
             if scenario == "booking" and run.exhausted:
                 run.notes.append("the users ran out of pairs before -t: raise --booking-rate-cap")
         run.p50_ms, run.p95_ms, run.p99_ms, run.max_ms = (
-            pct(main, "50%"), pct(main, "95%"), pct(main, "99%"), pct(main, "Max Response Time"))
+            pct(main, "50%"),
+            pct(main, "95%"),
+            pct(main, "99%"),
+            pct(main, "Max Response Time"),
+        )
         fails = Path(f"{prefix}_failures.csv")
         if fails.exists():
             with fails.open(newline="") as f:
@@ -537,36 +601,49 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
     for tool in tools:
         ping, book, storm = by.get((tool, "ping")), by.get((tool, "booking")), by.get((tool, "storm"))
         print(f"\n--- {tool} " + "-" * (95 - len(tool)))
-        print(f"{'run':<9}{'req/s':>10}{'ok/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-              f"{'requests':>10}{'booked':>8}{'full':>8}{'errors':>7}{'secs':>7}")
+        print(
+            f"{'run':<9}{'req/s':>10}{'ok/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}"
+            f"{'requests':>10}{'booked':>8}{'full':>8}{'errors':>7}{'secs':>7}"
+        )
         for r in (ping, book, storm):
             if r is None:
                 continue
             ok = r.rps if r.scenario == "ping" else r.bookings_per_s
-            print(f"{r.scenario:<9}{_f(r.rps):>10}{_f(ok):>10}{_f(r.p50_ms, '.1f'):>9}{_f(r.p95_ms, '.1f'):>9}"
-                  f"{_f(r.p99_ms, '.1f'):>9}{_f(r.max_ms, '.0f'):>9}{r.requests:>10,}{r.booked:>8,}{r.full:>8,}"
-                  f"{r.errors:>7,}{r.seconds:>7.1f}")
+            print(
+                f"{r.scenario:<9}{_f(r.rps):>10}{_f(ok):>10}{_f(r.p50_ms, '.1f'):>9}{_f(r.p95_ms, '.1f'):>9}"
+                f"{_f(r.p99_ms, '.1f'):>9}{_f(r.max_ms, '.0f'):>9}{r.requests:>10,}{r.booked:>8,}{r.full:>8,}"
+                f"{r.errors:>7,}{r.seconds:>7.1f}"
+            )
         s: dict[str, Any] = {}
         if ping and book:
             ratio = book.bookings_per_s / ping.rps if ping.rps else 0.0
             s["bookings_per_ping"] = round(ratio, 4)
-            print(f"ratio bookings/ping          {ratio:.3f}   (PERFORMANCE.md minimal path: {MINIMAL_PATH_RATIO}; "
-                  f"this run = {ratio / MINIMAL_PATH_RATIO:.0%} of it)")
+            print(
+                f"ratio bookings/ping          {ratio:.3f}   (PERFORMANCE.md minimal path: {MINIMAL_PATH_RATIO}; "
+                f"this run = {ratio / MINIMAL_PATH_RATIO:.0%} of it)"
+            )
         if ping and storm:
             ratio = storm.attempts_per_s / ping.rps if ping.rps else 0.0
             s["storm_attempts_per_ping"] = round(ratio, 4)
-            print(f"storm attempts/s             {storm.attempts_per_s:,.0f}   attempts/ping {ratio:.3f}   "
-                  f"({storm.attempts:,} attempts, {storm.booked} booked, {storm.full:,} full)")
+            print(
+                f"storm attempts/s             {storm.attempts_per_s:,.0f}   attempts/ping {ratio:.3f}   "
+                f"({storm.attempts:,} attempts, {storm.booked} booked, {storm.full:,} full)"
+            )
         if book:
             floor_ok = book.bookings_per_s >= FLOOR_BOOKINGS_S and (book.p99_ms or 1e9) < FLOOR_P99_MS
             s["floor_met"] = floor_ok
-            print(f"hospital floor (>= {FLOOR_BOOKINGS_S:,.0f} bookings/s, p99 < {FLOOR_P99_MS / 1000:.0f} s): "
-                  f"{'MET' if floor_ok else 'NOT MET'}  ({book.bookings_per_s:,.0f}/s, p99 {_f(book.p99_ms, '.0f')} ms)")
+            print(
+                f"hospital floor (>= {FLOOR_BOOKINGS_S:,.0f} bookings/s, p99 < {FLOOR_P99_MS / 1000:.0f} s): "
+                f"{'MET' if floor_ok else 'NOT MET'}  ({book.bookings_per_s:,.0f}/s, p99 {_f(book.p99_ms, '.0f')} ms)"
+            )
             cpu = book.cpu_us_per(book.booked)
             if cpu:
                 s["cpu_us_per_booking"] = cpu
-                print("CPU us per booking           " + "  ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
-                      + "   (PERFORMANCE.md minimal path: ~670 total, uvicorn ~400, PostgreSQL ~210)")
+                print(
+                    "CPU us per booking           "
+                    + "  ".join(f"{k} {v:,.0f}" for k, v in cpu.items())
+                    + "   (PERFORMANCE.md minimal path: ~670 total, uvicorn ~400, PostgreSQL ~210)"
+                )
         if storm:
             cpu = storm.cpu_us_per(storm.attempts)
             if cpu:
@@ -580,18 +657,24 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
             verdict = "OK" if inv.get("ok") and red.get("ok") and inv.get("storm_exact", True) else "VIOLATION"
             extra = ""
             if r.scenario == "storm":
-                extra = (f"; storm: booked {inv.get('booked')} == min(capacity {inv.get('capacity')}, attempts "
-                         f"{r.attempts}) = {inv.get('expected_booked')}: {'yes' if inv.get('storm_exact') else 'NO'}")
-            print(f"invariant {r.scenario:<8} {verdict}: slots booked {inv.get('booked')} = appointments "
-                  f"{inv.get('appointments')} <= capacity {inv.get('capacity')}, client saw {r.booked} x 201; "
-                  f"redis booked {red.get('redis_booked')}, live holds {red.get('live_holds')}{extra}")
+                extra = (
+                    f"; storm: booked {inv.get('booked')} == min(capacity {inv.get('capacity')}, attempts "
+                    f"{r.attempts}) = {inv.get('expected_booked')}: {'yes' if inv.get('storm_exact') else 'NO'}"
+                )
+            print(
+                f"invariant {r.scenario:<8} {verdict}: slots booked {inv.get('booked')} = appointments "
+                f"{inv.get('appointments')} <= capacity {inv.get('capacity')}, client saw {r.booked} x 201; "
+                f"redis booked {red.get('redis_booked')}, live holds {red.get('live_holds')}{extra}"
+            )
             if inv.get("violations"):
                 print(f"   violations: {inv['violations']}")
             if r.booked != inv.get("booked"):
-                print(f"   note: {inv.get('booked', 0) - r.booked:+d} bookings committed that the client did not "
-                      "count (requests in flight when the load generator stopped)")
+                print(
+                    f"   note: {inv.get('booked', 0) - r.booked:+d} bookings committed that the client did not "
+                    "count (requests in flight when the load generator stopped)"
+                )
         for r in (ping, book, storm):
-            for n in (r.notes if r else []):
+            for n in r.notes if r else []:
                 print(f"   note ({r.scenario}): {n}")  # type: ignore[union-attr]
         summary[tool] = s
     for skipped in meta.get("skipped", []):
@@ -612,10 +695,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--wrk-connections", type=int, default=64)
     p.add_argument("--storm-patients", type=int, default=5000, help="patients of the Locust release storm")
-    p.add_argument("--booking-rate-cap", type=int, default=4000,
-                   help="bookings/s the booking scenario's patients must last for (patients = cap x seconds)")
-    p.add_argument("--storm-rate-cap", type=int, default=10000,
-                   help="attempts/s the wrk storm's patients must last for (wrk runs for a fixed time)")
+    p.add_argument(
+        "--booking-rate-cap",
+        type=int,
+        default=4000,
+        help="bookings/s the booking scenario's patients must last for (patients = cap x seconds)",
+    )
+    p.add_argument(
+        "--storm-rate-cap",
+        type=int,
+        default=6000,
+        help="attempts/s the wrk storm's patients must last for (wrk runs for a fixed time)",
+    )
     p.add_argument("--tools", default="wrk,locust", help="comma-separated: wrk, locust")
     p.add_argument("--keep", action="store_true", help="keep the hy_bench database and hybench:* keys")
     return p.parse_args(argv)
@@ -625,11 +716,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if not database_url or not redis_url:
-        print("run_bench needs DATABASE_URL and REDIS_URL, e.g.\n"
-              "  DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 "
-              "python -m load_tests.run_bench\n"
-              f"(it creates and drops the database {BENCH_DB} on that server and uses Redis keys {REDIS_PREFIX}:*)",
-              file=sys.stderr)
+        print(
+            "run_bench needs DATABASE_URL and REDIS_URL, e.g.\n"
+            "  DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 "
+            "python -m load_tests.run_bench\n"
+            f"(it creates and drops the database {BENCH_DB} on that server and uses Redis keys {REDIS_PREFIX}:*)",
+            file=sys.stderr,
+        )
         return 2
     for url in (database_url, redis_url):
         host = urlsplit(url).hostname
@@ -647,10 +740,16 @@ def main(argv: list[str] | None = None) -> int:
 
     bench_db_url = with_database(database_url, BENCH_DB)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HY_")}
-    env.update({
-        "DATABASE_URL": bench_db_url, "REDIS_URL": redis_url, "HY_REDIS_PREFIX": REDIS_PREFIX,
-        "HY_LOG_LEVEL": "warning", "HY_WORKERS": "1", "PYTHONUNBUFFERED": "1",
-    })
+    env.update(
+        {
+            "DATABASE_URL": bench_db_url,
+            "REDIS_URL": redis_url,
+            "HY_REDIS_PREFIX": REDIS_PREFIX,
+            "HY_LOG_LEVEL": "warning",
+            "HY_WORKERS": "1",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     for passthrough in ("HY_DB_POOL_MAX", "HY_DB_POOL_MIN", "HY_REDIS_MAX_CONNECTIONS"):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
@@ -662,8 +761,15 @@ def main(argv: list[str] | None = None) -> int:
         log(f"recreating database {BENCH_DB}; deleting {REDIS_PREFIX}:* keys")
         asyncio.run(recreate_database(database_url, BENCH_DB))
         delete_redis_keys(redis_url, REDIS_PREFIX)
-        seed = subprocess.run([sys.executable, "-m", "app", "seed-demo"], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=180, check=False)
+        seed = subprocess.run(
+            [sys.executable, "-m", "app", "seed-demo"],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
         if seed.returncode != 0:
             raise RuntimeError(f"seed-demo failed: {seed.stdout[-1000:]}{seed.stderr[-2000:]}")
         log(f"seeded; starting the server on {server.base}")
@@ -671,10 +777,12 @@ def main(argv: list[str] | None = None) -> int:
         server_proc = psutil.Process(server.proc.pid)  # type: ignore[union-attr]
         log(f"server ready (pid {server_proc.pid}, {len(server_proc.children(recursive=True))} children)")
         bench = Bench(args, server, bench_db_url, redis_url)
-        bench.clerk_token = http_json("POST", server.base + "/api/v1/auth/login",
-                                      {"username": "clerk", "password": PASSWORD})["token"]
-        bench.admin_token = http_json("POST", server.base + "/api/v1/auth/login",
-                                      {"username": "admin", "password": PASSWORD})["token"]
+        bench.clerk_token = http_json(
+            "POST", server.base + "/api/v1/auth/login", {"username": "clerk", "password": PASSWORD}
+        )["token"]
+        bench.admin_token = http_json(
+            "POST", server.base + "/api/v1/auth/login", {"username": "admin", "password": PASSWORD}
+        )["token"]
         days = iter(working_days_ahead(3, 2 * len(tools)))
         for tool in tools:
             measure = bench.wrk if tool == "wrk" else bench.locust
@@ -698,7 +806,9 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"server stopped; database {BENCH_DB} dropped; {n} {REDIS_PREFIX}:* keys deleted")
             except Exception as exc:
                 log(f"cleanup failed: {exc!r}")
-        warnings = [ln for ln in server.tail(100_000).splitlines() if re.search(r"WARNING|ERROR|Traceback", ln)]
+        server_log = server.tail(1_000_000).splitlines()
+        warnings = [ln for ln in server_log if re.search(r"WARNING|ERROR|Traceback", ln)]
+        exceptions = Counter(m.group(1) for ln in server_log if (m := _EXCEPTION_LINE.match(ln)))
     meta = {
         "date": datetime.now().isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
@@ -711,16 +821,33 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary = report(runs, meta)
     if warnings:
-        print(f"server log: {len(warnings)} warning/error lines, e.g.:")
-        for ln in warnings[:5]:
+        print(f"server log ({server.log_path}): {len(warnings)} warning/error lines")
+        for name, n in exceptions.most_common(5):
+            print(f"   {n} x {name}")
+        for ln in [w for w in warnings if "Traceback" not in w][:3]:
             print("   " + ln[:200])
     print(f"wall time {time.monotonic() - started:.0f}s; results in {RESULTS / 'latest.json'}")
-    out = {"meta": meta, "summary": summary, "runs": [r.as_json() for r in runs], "server_warnings": warnings[:50],
-           "reference": {"minimal_path_ratio": MINIMAL_PATH_RATIO, "floor_bookings_s": FLOOR_BOOKINGS_S,
-                         "floor_p99_ms": FLOOR_P99_MS}}
+    out = {
+        "meta": meta,
+        "summary": summary,
+        "runs": [r.as_json() for r in runs],
+        "server_warnings": warnings[:50],
+        "server_exceptions": dict(exceptions),
+        "reference": {
+            "minimal_path_ratio": MINIMAL_PATH_RATIO,
+            "floor_bookings_s": FLOOR_BOOKINGS_S,
+            "floor_p99_ms": FLOOR_P99_MS,
+        },
+    }
     (RESULTS / "latest.json").write_text(json.dumps(out, indent=2, default=str))
-    violations = [r for r in runs if r.invariant and not (
-        r.invariant.get("ok") and r.invariant.get("redis", {}).get("ok") and r.invariant.get("storm_exact", True))]
+    violations = [
+        r
+        for r in runs
+        if r.invariant
+        and not (
+            r.invariant.get("ok") and r.invariant.get("redis", {}).get("ok") and r.invariant.get("storm_exact", True)
+        )
+    ]
     return 1 if violations else 0
 
 

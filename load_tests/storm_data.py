@@ -54,11 +54,14 @@ async def ensure_bench_resource(conn: asyncpg.Connection, resource_id: str) -> N
         """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name, location)
            VALUES ($1, $2, 'RAD', 'main', 'device', 'CT', $3, 'bench')
            ON CONFLICT (id) DO NOTHING""",
-        resource_id, HOSPITAL_ID, f"{resource_id} (load test)",
+        resource_id,
+        HOSPITAL_ID,
+        f"{resource_id} (load test)",
     )
     await conn.execute(
         "INSERT INTO exam_capability (exam_code, resource_id) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        EXAM_CODE, resource_id,
+        EXAM_CODE,
+        resource_id,
     )
 
 
@@ -76,8 +79,14 @@ async def create_slots(
                   $5, '{}'::jsonb
              FROM generate_series(1, $4) AS g
            RETURNING id""",
-        HOSPITAL_ID, resource_id, day, n_slots, capacity_per_slot,
-        FIRST_START, TIMEZONE, WINDOW_MIN,
+        HOSPITAL_ID,
+        resource_id,
+        day,
+        n_slots,
+        capacity_per_slot,
+        FIRST_START,
+        TIMEZONE,
+        WINDOW_MIN,
     )
     return sorted(r["id"] for r in rows)
 
@@ -95,7 +104,10 @@ async def create_patients_with_orders(conn: asyncpg.Connection, tag: str, n_pati
                                    ordering_doctor, patient_class)
            SELECT 'BENCH-' || $2 || '-' || p.id, $1, p.id, $4, 'GI', '压测医生', 'outpatient' FROM p
            RETURNING patient_id, id""",
-        HOSPITAL_ID, tag, n_patients, EXAM_CODE,
+        HOSPITAL_ID,
+        tag,
+        n_patients,
+        EXAM_CODE,
     )
     return sorted((r["patient_id"], r["id"]) for r in rows)
 
@@ -142,4 +154,3 @@ async def check_invariant(conn: asyncpg.Connection, slot_ids: list[int]) -> dict
         "capacity": sum(r["capacity"] for r in rows),
         "violations": bad[:10],
     }
-

@@ -8,7 +8,7 @@ plain data. The declarations also feed the OpenAPI document and the route-table 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime, tzinfo
+from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 
 import msgspec
@@ -65,6 +65,8 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, datetime):
         # Times are shown in the hospital's zone (asyncpg hands PostgreSQL's timestamptz over in UTC).
         return value.astimezone(_zone.tz).isoformat() if value.tzinfo else value.isoformat()
+    if isinstance(value, date | time):
+        return value.isoformat()
     if isinstance(value, msgspec.Struct):
         return msgspec.to_builtins(value, builtin_types=(datetime, date))
     if isinstance(value, frozenset | set):

@@ -47,6 +47,7 @@ _UNAVAILABLE = (
     asyncpg.CannotConnectNowError,
     asyncpg.TooManyConnectionsError,
     asyncpg.AdminShutdownError,
+    asyncpg.InternalClientError,  # a connection the server dropped while a query was starting on it
     ConnectionError,
     OSError,
     TimeoutError,

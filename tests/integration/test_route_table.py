@@ -1,0 +1,64 @@
+"""Every route declares the roles that may call it, and the declaration is what the server enforces."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from app.api.routing import ANY_ROLE, PUBLIC, route_spec
+from app.main import build_routes, create_app
+from app.services import Services
+from tests.helpers import token_for
+
+DEMO_USER_OF_ROLE = {
+    "doctor": "doctor", "nurse": "nurse", "clerk": "clerk", "technician": "tech", "dept_admin": "deptadmin",
+    "dept_head": "depthead", "sys_admin": "admin", "patient": "patient", "display": "display",
+}
+
+
+def test_every_route_declares_its_roles() -> None:
+    routes = build_routes()
+    assert len(routes) > 15
+    for route in routes:
+        spec = route_spec(route)
+        assert spec is not None, f"route {getattr(route, 'path', route)} declares no roles"
+        assert spec.roles, spec.path
+        assert spec.roles <= ANY_ROLE | {PUBLIC}, spec.path
+        assert PUBLIC not in spec.roles or len(spec.roles) == 1, f"{spec.path} mixes public with roles"
+
+
+def test_public_routes_are_only_the_expected_ones() -> None:
+    public = {route_spec(r).path for r in build_routes() if PUBLIC in route_spec(r).roles}  # type: ignore[union-attr]
+    assert public == {"/", "/health", "/ready", "/ping", "/openapi.json", "/api/v1/auth/login"}
+
+
+async def test_server_enforces_the_declared_roles_on_every_route(services: Services) -> None:
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    tokens = {role: await token_for(services, user) for role, user in DEMO_USER_OF_ROLE.items()}
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    checked = 0
+    async with httpx.AsyncClient(transport=transport, base_url="http://hy.test") as client:
+        # Logout ends the session it is called with: walk it last.
+        for route in sorted(build_routes(), key=lambda r: getattr(r, "path", "").endswith("/logout")):
+            spec = route_spec(route)
+            assert spec is not None
+            if PUBLIC in spec.roles:
+                continue
+            path = re.sub(r"\{\w+(:\w+)?\}", "1", spec.path)
+            for method in spec.methods:
+                r = await client.request(method, path, json={})
+                assert r.status_code == 401, (method, path, r.status_code)
+                for role, token in tokens.items():
+                    r = await client.request(method, path, json={}, headers={"authorization": f"Bearer {token}"})
+                    if role in spec.roles:
+                        assert r.status_code not in (401, 500), (method, path, role, r.status_code, r.text)
+                        # A declared role may still be refused for one object (another patient's records),
+                        # never by the route table itself.
+                        if r.status_code == 403:
+                            assert not r.json()["detail"].startswith("route needs"), (method, path, role)
+                    else:
+                        assert r.status_code == 403, (method, path, role, r.status_code)
+                    checked += 1
+    assert checked > 100
