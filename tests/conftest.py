@@ -107,14 +107,18 @@ async def _drop(admin: asyncpg.Connection, db: CloneDb) -> None:
 
 
 @pytest.fixture
-async def empty_db(servers: Servers, admin_conn: asyncpg.Connection, templates: dict[str, str]) -> AsyncIterator[CloneDb]:
+async def empty_db(
+    servers: Servers, admin_conn: asyncpg.Connection, templates: dict[str, str]
+) -> AsyncIterator[CloneDb]:
     db = await _clone(servers, admin_conn, templates["empty"])
     yield db
     await _drop(admin_conn, db)
 
 
 @pytest.fixture
-async def seeded_db(servers: Servers, admin_conn: asyncpg.Connection, templates: dict[str, str]) -> AsyncIterator[CloneDb]:
+async def seeded_db(
+    servers: Servers, admin_conn: asyncpg.Connection, templates: dict[str, str]
+) -> AsyncIterator[CloneDb]:
     db = await _clone(servers, admin_conn, templates["seeded"])
     yield db
     await _drop(admin_conn, db)

@@ -39,7 +39,9 @@ async def open_slots(services: Services, exam_code: str, day: date, limit: int =
         """SELECT s.* FROM slot s JOIN exam_capability c ON c.resource_id = s.resource_id
             WHERE c.exam_code = $1 AND s.day = $2 AND s.status = 'open' AND s.booked < s.capacity
             ORDER BY s.starts_at, s.resource_id LIMIT $3""",
-        exam_code, day, limit,
+        exam_code,
+        day,
+        limit,
     )
 
 
@@ -52,7 +54,8 @@ async def new_patients_with_orders(
         """INSERT INTO patient (hospital_id, mrn, name, gender, birth_date)
            SELECT 'h1', 'T' || $1 || '-' || g, '测试患者' || g, 'U', DATE '1980-01-01'
              FROM generate_series(1, $2) AS g RETURNING id""",
-        tag, count,
+        tag,
+        count,
     )
     ids = [r["id"] for r in patients]
     out = []
@@ -63,7 +66,10 @@ async def new_patients_with_orders(
              FROM unnest($2::bigint[]) AS p, unnest($3::text[]) WITH ORDINALITY AS x(e, n)
             ORDER BY p, n
            RETURNING id, patient_id""",
-        tag, ids, exam_codes, patient_class,
+        tag,
+        ids,
+        exam_codes,
+        patient_class,
     )
     by_patient: dict[int, list[int]] = {pid: [] for pid in ids}
     for r in rows:
@@ -109,8 +115,17 @@ async def assert_redis_matches_postgres(services: Services, day: date) -> DayInd
 async def availability_snapshot(services: Services, day: date) -> dict[int, dict[str, Any]]:
     """Every slot of the day as Redis shows it (for before/after comparisons)."""
     views = await services.store.read_slots(day, sorted(services.catalogue.resources))
-    return {v.slot_id: {"booked": v.booked, "open": v.open_left, "quota": v.quota_left, "locks": v.locked_channels,
-                        "status": v.status, "capacity": v.capacity} for v in views}
+    return {
+        v.slot_id: {
+            "booked": v.booked,
+            "open": v.open_left,
+            "quota": v.quota_left,
+            "locks": v.locked_channels,
+            "status": v.status,
+            "capacity": v.capacity,
+        }
+        for v in views
+    }
 
 
 async def fill_slot(services: Services, slot: asyncpg.Record, exam_code: str) -> int:

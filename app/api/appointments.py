@@ -84,20 +84,49 @@ async def get_appointment(call: Call) -> dict[str, Any]:
     if row is None:
         raise NotFound("预约不存在", detail=f"appointment {appointment_id} not found")
     check_patient_access(call.staff, row["patient_id"])
-    await patient_repo.audit(call.services.pool, call.staff, "read", "appointment", str(appointment_id), row["patient_id"])
+    await patient_repo.audit(
+        call.services.pool, call.staff, "read", "appointment", str(appointment_id), row["patient_id"]
+    )
     return dict(row.items())
 
 
 routes = [
-    api_route("/api/v1/appointments", book, methods=("POST",), roles=BOOKERS, status=201,
-              summary="Book one or more orders of a patient, all or nothing", tag="booking",
-              body=BookBody, response=BookReply),
-    api_route("/api/v1/appointments/{appointment_id:int}", get_appointment, roles=READERS,
-              summary="One appointment", tag="booking"),
-    api_route("/api/v1/appointments/{appointment_id:int}/cancel", cancel, methods=("POST",), roles=BOOKERS,
-              summary="Cancel; the place returns to the pool it came from", tag="booking",
-              body=CancelBody, response=CancelReply),
-    api_route("/api/v1/appointments/{appointment_id:int}/reschedule", reschedule, methods=("POST",), roles=BOOKERS,
-              summary="Move to another slot; the new place is taken before the old is released", tag="booking",
-              body=RescheduleBody, response=RescheduleReply),
+    api_route(
+        "/api/v1/appointments",
+        book,
+        methods=("POST",),
+        roles=BOOKERS,
+        status=201,
+        summary="Book one or more orders of a patient, all or nothing",
+        tag="booking",
+        body=BookBody,
+        response=BookReply,
+    ),
+    api_route(
+        "/api/v1/appointments/{appointment_id:int}",
+        get_appointment,
+        roles=READERS,
+        summary="One appointment",
+        tag="booking",
+    ),
+    api_route(
+        "/api/v1/appointments/{appointment_id:int}/cancel",
+        cancel,
+        methods=("POST",),
+        roles=BOOKERS,
+        summary="Cancel; the place returns to the pool it came from",
+        tag="booking",
+        body=CancelBody,
+        response=CancelReply,
+    ),
+    api_route(
+        "/api/v1/appointments/{appointment_id:int}/reschedule",
+        reschedule,
+        methods=("POST",),
+        roles=BOOKERS,
+        summary="Move to another slot; the new place is taken before the old is released",
+        tag="booking",
+        body=RescheduleBody,
+        response=RescheduleReply,
+    ),
 ]

@@ -53,9 +53,18 @@ async def me(call: Call) -> MeReply:
 
 
 routes = [
-    api_route("/api/v1/auth/login", login, methods=("POST",), roles=PUBLIC, summary="Log in; returns a bearer token",
-              tag="auth", body=LoginBody, response=LoginReply),
+    api_route(
+        "/api/v1/auth/login",
+        login,
+        methods=("POST",),
+        roles=PUBLIC,
+        summary="Log in; returns a bearer token",
+        tag="auth",
+        body=LoginBody,
+        response=LoginReply,
+    ),
     api_route("/api/v1/auth/logout", logout, methods=("POST",), roles=ANY_ROLE, summary="End this session", tag="auth"),
-    api_route("/api/v1/auth/me", me, roles=ANY_ROLE, summary="The caller's account and roles", tag="auth",
-              response=MeReply),
+    api_route(
+        "/api/v1/auth/me", me, roles=ANY_ROLE, summary="The caller's account and roles", tag="auth", response=MeReply
+    ),
 ]

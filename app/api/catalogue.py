@@ -14,7 +14,9 @@ from app.booking.service import CHANNELS
 from app.errors import ValidationFailed
 from app.planning.catalogue import Department, ExamType, Resource
 
-BOOKING_VIEWERS = frozenset({"doctor", "nurse", "clerk", "technician", "dept_admin", "dept_head", "sys_admin", "patient"})
+BOOKING_VIEWERS = frozenset(
+    {"doctor", "nurse", "clerk", "technician", "dept_admin", "dept_head", "sys_admin", "patient"}
+)
 
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 
@@ -44,8 +46,10 @@ class AvailabilityReply(msgspec.Struct):
 async def exam_types(call: Call) -> list[ExamType]:
     q: ExamTypeQuery = call.query
     return [
-        e for e in call.services.catalogue.exam_types.values()
-        if (q.modality is None or e.modality == q.modality) and (q.department is None or e.department_id == q.department)
+        e
+        for e in call.services.catalogue.exam_types.values()
+        if (q.modality is None or e.modality == q.modality)
+        and (q.department is None or e.department_id == q.department)
     ]
 
 
@@ -59,9 +63,7 @@ async def resources(call: Call) -> list[dict[str, Any]]:
     for code, rids in cat.capable.items():
         for rid in rids:
             exams_of.setdefault(rid, []).append(code)
-    return [
-        {**msgspec.to_builtins(r), "exam_codes": sorted(exams_of.get(r.id, []))} for r in cat.resources.values()
-    ]
+    return [{**msgspec.to_builtins(r), "exam_codes": sorted(exams_of.get(r.id, []))} for r in cat.resources.values()]
 
 
 async def availability(call: Call) -> AvailabilityReply:
@@ -71,20 +73,53 @@ async def availability(call: Call) -> AvailabilityReply:
         raise ValidationFailed(f"预约渠道无效：{q.channel}", detail=f"channel must be one of {CHANNELS}")
     days = check_range(q.date_from, q.date_to, s.reconciler.today(), s.settings.booking.horizon_days)
     slots = await find_available(
-        s.store, s.catalogue, s.reconciler.tz, days, exam=q.exam, department=q.department, resource=q.resource,
-        channel=q.channel, now_s=time.time(), only_open=q.only_open,
+        s.store,
+        s.catalogue,
+        s.reconciler.tz,
+        days,
+        exam=q.exam,
+        department=q.department,
+        resource=q.resource,
+        channel=q.channel,
+        now_s=time.time(),
+        only_open=q.only_open,
     )
     return AvailabilityReply(q.date_from, days[-1] if days else q.date_from, q.channel, slots)
 
 
 routes = [
-    api_route("/api/v1/exam-types", exam_types, roles=ANY_ROLE, summary="Exam catalogue", tag="catalogue",
-              query=ExamTypeQuery, response=list[ExamType]),
-    api_route("/api/v1/departments", departments, roles=ANY_ROLE, summary="Departments", tag="catalogue",
-              response=list[Department]),
-    api_route("/api/v1/resources", resources, roles=ANY_ROLE, summary="Devices, rooms and physicians with their exams",
-              tag="catalogue", response=list[Resource]),
-    api_route("/api/v1/availability", availability, roles=BOOKING_VIEWERS,
-              summary="Live availability by exam, department or resource over a date range, per channel",
-              tag="booking", query=AvailabilityQuery, response=AvailabilityReply),
+    api_route(
+        "/api/v1/exam-types",
+        exam_types,
+        roles=ANY_ROLE,
+        summary="Exam catalogue",
+        tag="catalogue",
+        query=ExamTypeQuery,
+        response=list[ExamType],
+    ),
+    api_route(
+        "/api/v1/departments",
+        departments,
+        roles=ANY_ROLE,
+        summary="Departments",
+        tag="catalogue",
+        response=list[Department],
+    ),
+    api_route(
+        "/api/v1/resources",
+        resources,
+        roles=ANY_ROLE,
+        summary="Devices, rooms and physicians with their exams",
+        tag="catalogue",
+        response=list[Resource],
+    ),
+    api_route(
+        "/api/v1/availability",
+        availability,
+        roles=BOOKING_VIEWERS,
+        summary="Live availability by exam, department or resource over a date range, per channel",
+        tag="booking",
+        query=AvailabilityQuery,
+        response=AvailabilityReply,
+    ),
 ]

@@ -37,15 +37,20 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
     for s in specs:
         path = _PARAM.sub(lambda m: "{" + m.group(1) + "}", s.path)
         params = [
-            {"name": m.group(1), "in": "path", "required": True,
-             "schema": {"type": "integer" if m.group(2) == "int" else "string"}}
+            {
+                "name": m.group(1),
+                "in": "path",
+                "required": True,
+                "schema": {"type": "integer" if m.group(2) == "int" else "string"},
+            }
             for m in _PARAM.finditer(s.path)
         ]
         if s.query is not None:
             qschema = by_type[s.query]
             ref = qschema.get("$ref", "").rsplit("/", 1)[-1]
-            props = components.get(ref, qschema).get("properties", {})
-            required = set(components.get(ref, qschema).get("required", []))
+            resolved: dict[str, Any] = components.get(ref) or qschema
+            props = resolved.get("properties", {})
+            required = set(resolved.get("required", []))
             params += [{"name": n, "in": "query", "required": n in required, "schema": p} for n, p in props.items()]
         for method in s.methods:
             op: dict[str, Any] = {

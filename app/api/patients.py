@@ -33,7 +33,9 @@ async def _patient(call: Call) -> dict[str, Any]:
 async def patient_orders(call: Call) -> dict[str, Any]:
     patient = await _patient(call)
     orders = await patient_repo.orders_of(call.services.pool, patient["id"])
-    await patient_repo.audit(call.services.pool, call.staff, "read", "patient.orders", str(patient["id"]), patient["id"])
+    await patient_repo.audit(
+        call.services.pool, call.staff, "read", "patient.orders", str(patient["id"]), patient["id"]
+    )
     return {"patient": patient, "orders": [dict(r.items()) for r in orders]}
 
 
@@ -47,8 +49,18 @@ async def patient_appointments(call: Call) -> dict[str, Any]:
 
 
 routes = [
-    api_route("/api/v1/patients/{patient_id:int}/orders", patient_orders, roles=READERS,
-              summary="The patient's exam orders (audited)", tag="patients"),
-    api_route("/api/v1/patients/{patient_id:int}/appointments", patient_appointments, roles=READERS,
-              summary="The patient's appointments (audited)", tag="patients"),
+    api_route(
+        "/api/v1/patients/{patient_id:int}/orders",
+        patient_orders,
+        roles=READERS,
+        summary="The patient's exam orders (audited)",
+        tag="patients",
+    ),
+    api_route(
+        "/api/v1/patients/{patient_id:int}/appointments",
+        patient_appointments,
+        roles=READERS,
+        summary="The patient's appointments (audited)",
+        tag="patients",
+    ),
 ]

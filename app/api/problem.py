@@ -27,7 +27,9 @@ _HTTP_CODES: dict[int, tuple[str, str]] = {
 }
 
 
-def problem_response(status: int, code: str, title: str, detail: str = "", instance: str = "", **extra: Any) -> Response:
+def problem_response(
+    status: int, code: str, title: str, detail: str = "", instance: str = "", **extra: Any
+) -> Response:
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE_BASE + code,
         "title": title,

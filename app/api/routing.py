@@ -179,8 +179,9 @@ def route_spec(route: Any) -> RouteSpec | None:
     return getattr(route, "spec", None)
 
 
-def page_route(path: str, endpoint: Callable[[Request], Awaitable[Response]], *, roles: frozenset[str] | str,
-               summary: str) -> Route:
+def page_route(
+    path: str, endpoint: Callable[[Request], Awaitable[Response]], *, roles: frozenset[str] | str, summary: str
+) -> Route:
     """A route serving an HTML page; it declares its roles like every other route. Pages that
     need a login check the session themselves from the data calls they make."""
     allowed = frozenset({roles}) if isinstance(roles, str) else roles

@@ -84,11 +84,19 @@ async def find_available(
             res = catalogue.resources[view.resource_id]
             out.append(
                 AvailableSlot(
-                    slot_id=view.slot_id, resource_id=view.resource_id, resource_name=res.name,
-                    department_id=res.department_id, location=res.location, day=day,
+                    slot_id=view.slot_id,
+                    resource_id=view.resource_id,
+                    resource_name=res.name,
+                    department_id=res.department_id,
+                    location=res.location,
+                    day=day,
                     starts_at=datetime.fromtimestamp(view.starts_at, tz),
                     ends_at=datetime.fromtimestamp(view.ends_at, tz),
-                    capacity=view.capacity, booked=view.booked, available=places, locked=locked, status=view.status,
+                    capacity=view.capacity,
+                    booked=view.booked,
+                    available=places,
+                    locked=locked,
+                    status=view.status,
                 )
             )
     out.sort(key=lambda s: (s.starts_at, s.resource_id))

@@ -107,9 +107,9 @@ class DayIndex(msgspec.Struct, frozen=True):
         by_patient: dict[int, list[BookedRow]] = defaultdict(list)
         for b in self.booked:
             by_patient[b.patient_id].append(b)
-        for patient_id, rows in sorted(by_patient.items()):
+        for patient_id, entries in sorted(by_patient.items()):
             op = [key_index(keys.patient(patient_id)), "h"]
-            for b in rows:
+            for b in entries:
                 start, end = starts[b.slot_id]
                 op += [str(b.slot_id), f"{start}|{end}|{b.exam_code}|{b.hold_id}|b|{b.order_id}"]
             payload.append(op)

@@ -50,7 +50,9 @@ class PoolAdmin:
         first = start or self.reconciler.today()
         span = horizon_days(first, days or self.reconciler.horizon_days)
         templates = await slot_repo.active_templates(self.pool, self.hospital_id)
-        counts = await slot_repo.upsert_slots(self.pool, self.hospital_id, plan_slots(templates, span, self.reconciler.tz))
+        counts = await slot_repo.upsert_slots(
+            self.pool, self.hospital_id, plan_slots(templates, span, self.reconciler.tz)
+        )
         for day in span:
             await self.reconciler.reconcile_day(day)
         return GenerationReport(days=span, inserted=counts.inserted, updated=counts.updated)
@@ -74,13 +76,23 @@ class PoolAdmin:
         if not reason.strip():
             raise ValidationFailed("请填写锁定原因", detail="reason must not be empty")
         async with self.pool.acquire() as conn, conn.transaction():
-            exists = await conn.fetchval("SELECT EXISTS (SELECT 1 FROM resource WHERE id = $1 AND hospital_id = $2)",
-                                         resource_id, self.hospital_id)
+            exists = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM resource WHERE id = $1 AND hospital_id = $2)",
+                resource_id,
+                self.hospital_id,
+            )
             if not exists:
                 raise NotFound("设备/诊室不存在", detail=f"resource {resource_id} not found")
             row = await slot_repo.insert_lock(
-                conn, hospital_id=self.hospital_id, resource_id=resource_id, starts_at=starts_at, ends_at=ends_at,
-                channels=channels, kind=kind, reason=reason, created_by=actor.user_id,
+                conn,
+                hospital_id=self.hospital_id,
+                resource_id=resource_id,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                channels=channels,
+                kind=kind,
+                reason=reason,
+                created_by=actor.user_id,
             )
             slots = await slot_repo.slots_in_window(conn, resource_id, starts_at, ends_at)
         await self._apply(slots, channels, lock=True)
@@ -110,4 +122,6 @@ class PoolAdmin:
                 # the index catches up when Redis answers again.
                 self.reconciler.mark_dirty(day)
                 continue
-            await self.publisher.publish(f"slots:{day.isoformat()}", {"event": "lock" if lock else "unlock", "slot_ids": ids})
+            await self.publisher.publish(
+                f"slots:{day.isoformat()}", {"event": "lock" if lock else "unlock", "slot_ids": ids}
+            )

@@ -103,7 +103,9 @@ def check_channel(actor: Actor, channel: str) -> None:
     if channel not in CHANNELS:
         raise ValidationFailed(f"预约渠道无效：{channel}", detail=f"channel must be one of {CHANNELS}")
     if not any(channel in ROLE_CHANNELS.get(role, ()) for role in actor.roles):
-        raise Forbidden(f"当前账号不能通过“{channel}”渠道预约", detail=f"roles {sorted(actor.roles)} may not book via {channel}")
+        raise Forbidden(
+            f"当前账号不能通过“{channel}”渠道预约", detail=f"roles {sorted(actor.roles)} may not book via {channel}"
+        )
 
 
 def check_patient_access(actor: Actor, patient_id: int) -> None:
@@ -154,7 +156,9 @@ class BookingService:
             for n, (day, group) in enumerate(sorted(by_day.items())):
                 hold_id = f"{base}-{n}"
                 grab_items = [GrabItem(c.item.slot_id, c.exam_code, c.item.order_id) for c in group]
-                result = await self.store.grab(day, hold_id, patient_id, channel, grab_items, int(now * 1000), expires_ms)
+                result = await self.store.grab(
+                    day, hold_id, patient_id, channel, grab_items, int(now * 1000), expires_ms
+                )
                 if not result.ok:
                     raise _reason_error(result.reasons, [c.item.slot_id for c in group])
                 holds.append((day, hold_id, group))
@@ -177,8 +181,14 @@ class BookingService:
         deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
         try:
             rows = await booking_repo.book(
-                self.pool, hold_id=base, patient_id=patient_id, channel=channel, items=payload,
-                deadline=deadline, actor=actor, reason=reason,
+                self.pool,
+                hold_id=base,
+                patient_id=patient_id,
+                channel=channel,
+                items=payload,
+                deadline=deadline,
+                actor=actor,
+                reason=reason,
             )
         except DatabaseUnavailable:
             # The commit may or may not have happened: leave the holds to the reaper, which asks
@@ -193,9 +203,14 @@ class BookingService:
         await self._publish_days({day for day, _, _ in holds}, "booked", [c.item.slot_id for c in checked])
         return [
             BookedAppointment(
-                appointment_id=r["appointment_id"], order_id=r["order_id"], slot_id=r["slot_id"],
-                exam_code=r["exam_code"], resource_id=r["resource_id"], starts_at=r["starts_at"],
-                ends_at=r["ends_at"], pool=pool_name(pools[r["slot_id"]]),
+                appointment_id=r["appointment_id"],
+                order_id=r["order_id"],
+                slot_id=r["slot_id"],
+                exam_code=r["exam_code"],
+                resource_id=r["resource_id"],
+                starts_at=r["starts_at"],
+                ends_at=r["ends_at"],
+                pool=pool_name(pools[r["slot_id"]]),
             )
             for r in rows
         ]
@@ -204,8 +219,12 @@ class BookingService:
         """Cancel a live appointment; its place returns to the pool it came from. Returns the slot id."""
         appt = await self._appointment_for(actor, appointment_id)
         row = await booking_repo.cancel(
-            self.pool, appointment_id=appointment_id, patient_id=appt["patient_id"], channel=channel,
-            actor=actor, reason=reason,
+            self.pool,
+            appointment_id=appointment_id,
+            patient_id=appt["patient_id"],
+            channel=channel,
+            actor=actor,
+            reason=reason,
         )
         await self._return_place(row["day"], row["slot_id"], appt["patient_id"], row["pool"])
         await self._publish_days({row["day"]}, "cancelled", [row["slot_id"]])
@@ -230,18 +249,30 @@ class BookingService:
         hold_id = uuid.uuid4().hex
         replacing = int(appt["slot_id"]) if appt["day"] == new_day else None
         result = await self.store.grab(
-            new_day, hold_id, patient_id, channel,
+            new_day,
+            hold_id,
+            patient_id,
+            channel,
             [GrabItem(new_slot_id, appt["exam_code"], appt["order_id"])],
-            int(now * 1000), int((now + self.hold_ttl_s) * 1000), replacing_slot_id=replacing,
+            int(now * 1000),
+            int((now + self.hold_ttl_s) * 1000),
+            replacing_slot_id=replacing,
         )
         if not result.ok:
             raise _reason_error(result.reasons, [new_slot_id])
         deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
         try:
             row = await booking_repo.reschedule(
-                self.pool, appointment_id=appointment_id, patient_id=patient_id, new_slot_id=new_slot_id,
-                pool=pool_name(result.pools[0]), hold_id=hold_id, deadline=deadline, channel=channel,
-                actor=actor, reason=reason,
+                self.pool,
+                appointment_id=appointment_id,
+                patient_id=patient_id,
+                new_slot_id=new_slot_id,
+                pool=pool_name(result.pools[0]),
+                hold_id=hold_id,
+                deadline=deadline,
+                channel=channel,
+                actor=actor,
+                reason=reason,
             )
         except DatabaseUnavailable:
             raise
@@ -252,9 +283,14 @@ class BookingService:
         await self._return_place(row["old_day"], row["old_slot_id"], patient_id, row["old_pool"])
         await self._publish_days({new_day, row["old_day"]}, "rescheduled", [new_slot_id, row["old_slot_id"]])
         return BookedAppointment(
-            appointment_id=row["appointment_id"], order_id=appt["order_id"], slot_id=row["slot_id"],
-            exam_code=appt["exam_code"], resource_id=row["resource_id"], starts_at=row["starts_at"],
-            ends_at=row["ends_at"], pool=pool_name(result.pools[0]),
+            appointment_id=row["appointment_id"],
+            order_id=appt["order_id"],
+            slot_id=row["slot_id"],
+            exam_code=appt["exam_code"],
+            resource_id=row["resource_id"],
+            starts_at=row["starts_at"],
+            ends_at=row["ends_at"],
+            pool=pool_name(result.pools[0]),
         )
 
     # -- helpers -----------------------------------------------------------------------------
@@ -265,14 +301,18 @@ class BookingService:
         if len(items) > MAX_BUNDLE:
             raise ValidationFailed(f"一次最多预约 {MAX_BUNDLE} 项检查", detail=f"at most {MAX_BUNDLE} items")
         if len({i.order_id for i in items}) != len(items) or len({i.slot_id for i in items}) != len(items):
-            raise ValidationFailed("同一检查申请或同一号源不能重复出现", detail="order ids and slot ids must be distinct")
+            raise ValidationFailed(
+                "同一检查申请或同一号源不能重复出现", detail="order ids and slot ids must be distinct"
+            )
         rows = await booking_repo.check_request(self.pool, [i.order_id for i in items], [i.slot_id for i in items])
         checked = []
         for item, row in zip(items, rows, strict=True):
             if row["patient_id"] is None:
                 raise NotFound("检查申请不存在", detail=f"order {item.order_id} not found")
             if row["patient_id"] != patient_id:
-                raise ValidationFailed("检查申请不属于该患者", detail=f"order {item.order_id} belongs to another patient")
+                raise ValidationFailed(
+                    "检查申请不属于该患者", detail=f"order {item.order_id} belongs to another patient"
+                )
             if row["status"] != "ordered":
                 raise OrderNotBookable(detail=f"order {item.order_id} is {row['status']}")
             if row["day"] is None:

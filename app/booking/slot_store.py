@@ -174,11 +174,10 @@ class SlotStore:
         new_keys, payload = index.to_payload(k)
         body = orjson.dumps(payload).decode()
         for _ in range(attempts):
-            async with _redis_errors():
-                async with self.client.pipeline(transaction=False) as pipe:
-                    pipe.smembers(k.members)
-                    pipe.get(k.version)
-                    members, version = await pipe.execute()
+            async with _redis_errors(), self.client.pipeline(transaction=False) as pipe:
+                pipe.smembers(k.members)
+                pipe.get(k.version)
+                members, version = await pipe.execute()
             current = sorted(_text(m) for m in members)
             keys = [k.members, k.version, *current, *new_keys]
             reply = await self._run("reconcile", keys, [_text(version) if version else "", len(current), body])

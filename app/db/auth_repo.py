@@ -26,7 +26,11 @@ async def insert_session(
     async with database_errors():
         await conn.execute(
             "INSERT INTO staff_session (token_hash, user_id, expires_at, terminal, ip) VALUES ($1, $2, $3, $4, $5)",
-            token_hash, user_id, expires_at, terminal, ip,
+            token_hash,
+            user_id,
+            expires_at,
+            terminal,
+            ip,
         )
 
 

@@ -27,7 +27,15 @@ async def book(
     async with database_errors():
         return await conn.fetch(
             "SELECT * FROM hy_book($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            hold_id, patient_id, channel, list(items), deadline, actor.user_id, actor.role, actor.terminal, reason,
+            hold_id,
+            patient_id,
+            channel,
+            list(items),
+            deadline,
+            actor.user_id,
+            actor.role,
+            actor.terminal,
+            reason,
         )
 
 
@@ -43,7 +51,13 @@ async def cancel(
     async with database_errors():
         row = await conn.fetchrow(
             "SELECT * FROM hy_cancel($1, $2, $3, $4, $5, $6, $7)",
-            appointment_id, patient_id, actor.user_id, actor.role, channel, actor.terminal, reason,
+            appointment_id,
+            patient_id,
+            actor.user_id,
+            actor.role,
+            channel,
+            actor.terminal,
+            reason,
         )
     assert row is not None
     return row
@@ -65,8 +79,17 @@ async def reschedule(
     async with database_errors():
         row = await conn.fetchrow(
             "SELECT * FROM hy_reschedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            appointment_id, patient_id, new_slot_id, pool, hold_id, deadline, actor.user_id, actor.role, channel,
-            actor.terminal, reason,
+            appointment_id,
+            patient_id,
+            new_slot_id,
+            pool,
+            hold_id,
+            deadline,
+            actor.user_id,
+            actor.role,
+            channel,
+            actor.terminal,
+            reason,
         )
     assert row is not None
     return row
@@ -117,24 +140,29 @@ async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, d
                 """SELECT id, resource_id, extract(epoch FROM starts_at)::bigint AS s,
                           extract(epoch FROM ends_at)::bigint AS e, capacity, quotas, booked, status
                      FROM slot WHERE hospital_id = $1 AND day = $2 ORDER BY resource_id, starts_at""",
-                hospital_id, day,
+                hospital_id,
+                day,
             )
             booked = await conn.fetch(
                 """SELECT slot_id, patient_id, exam_code, order_id, pool, hold_id FROM appointment
                     WHERE hospital_id = $1 AND day = $2 AND status = 'booked'""",
-                hospital_id, day,
+                hospital_id,
+                day,
             )
             locks = await conn.fetch(
                 """SELECT s.id AS slot_id, l.channels FROM slot_lock l
                      JOIN slot s ON s.resource_id = l.resource_id AND s.starts_at < l.ends_at
                                 AND l.starts_at < s.ends_at
                     WHERE l.hospital_id = $1 AND s.day = $2 AND l.released_at IS NULL""",
-                hospital_id, day,
+                hospital_id,
+                day,
             )
     return DayIndex(
         day=day,
         slots=[
-            SlotRow(r["id"], r["resource_id"], r["s"], r["e"], r["capacity"], dict(r["quotas"]), r["booked"], r["status"])
+            SlotRow(
+                r["id"], r["resource_id"], r["s"], r["e"], r["capacity"], dict(r["quotas"]), r["booked"], r["status"]
+            )
             for r in slots
         ],
         booked=[
@@ -145,11 +173,15 @@ async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, d
     )
 
 
-async def days_with_slots(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, start: date, end: date) -> list[date]:
+async def days_with_slots(
+    conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, start: date, end: date
+) -> list[date]:
     async with database_errors():
         rows = await conn.fetch(
             "SELECT DISTINCT day FROM slot WHERE hospital_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day",
-            hospital_id, start, end,
+            hospital_id,
+            start,
+            end,
         )
     return [r["day"] for r in rows]
 
@@ -168,5 +200,6 @@ async def check_request(
                  LEFT JOIN exam_order o ON o.id = req.order_id
                  LEFT JOIN slot s ON s.id = req.slot_id
                 ORDER BY req.n""",
-            list(order_ids), list(slot_ids),
+            list(order_ids),
+            list(slot_ids),
         )

@@ -23,7 +23,8 @@ async def load_catalogue(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: s
             hospital_id,
         )
         departments = await conn.fetch(
-            "SELECT id, campus_id, name, category, sensitive, location FROM department WHERE hospital_id = $1 ORDER BY id",
+            """SELECT id, campus_id, name, category, sensitive, location FROM department
+                WHERE hospital_id = $1 ORDER BY id""",
             hospital_id,
         )
         capabilities = await conn.fetch(

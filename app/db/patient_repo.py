@@ -53,5 +53,12 @@ async def audit(
         await conn.execute(
             """INSERT INTO audit_log (actor_id, actor_role, action, object_type, object_id, patient_id, ip, detail)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            actor.user_id, actor.role, action, object_type, object_id, patient_id, actor.ip, detail or {},
+            actor.user_id,
+            actor.role,
+            action,
+            object_type,
+            object_id,
+            patient_id,
+            actor.ip,
+            detail or {},
         )

@@ -25,8 +25,18 @@ async def active_templates(conn: asyncpg.Connection | asyncpg.Pool, hospital_id:
             hospital_id,
         )
     return [
-        Template(r["id"], r["resource_id"], r["weekday"], r["start_time"], r["end_time"], r["window_min"],
-                 r["capacity"], dict(r["quotas"]), r["valid_from"], r["valid_to"])
+        Template(
+            r["id"],
+            r["resource_id"],
+            r["weekday"],
+            r["start_time"],
+            r["end_time"],
+            r["window_min"],
+            r["capacity"],
+            dict(r["quotas"]),
+            r["valid_from"],
+            r["valid_to"],
+        )
         for r in rows
     ]
 
@@ -80,18 +90,28 @@ async def insert_lock(
         row = await conn.fetchrow(
             """INSERT INTO slot_lock (hospital_id, resource_id, starts_at, ends_at, channels, kind, reason, created_by)
                VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-            hospital_id, resource_id, starts_at, ends_at, channels, kind, reason, created_by,
+            hospital_id,
+            resource_id,
+            starts_at,
+            ends_at,
+            channels,
+            kind,
+            reason,
+            created_by,
         )
     assert row is not None
     return row
 
 
-async def release_lock(conn: asyncpg.Connection | asyncpg.Pool, lock_id: int, released_by: int | None) -> asyncpg.Record | None:
+async def release_lock(
+    conn: asyncpg.Connection | asyncpg.Pool, lock_id: int, released_by: int | None
+) -> asyncpg.Record | None:
     async with database_errors():
         return await conn.fetchrow(
             """UPDATE slot_lock SET released_at = now(), released_by = $2
                 WHERE id = $1 AND released_at IS NULL RETURNING *""",
-            lock_id, released_by,
+            lock_id,
+            released_by,
         )
 
 
@@ -103,16 +123,21 @@ async def slots_in_window(
         return await conn.fetch(
             """SELECT id, day, booked FROM slot
                 WHERE resource_id = $1 AND starts_at < $3 AND $2 < ends_at ORDER BY starts_at""",
-            resource_id, starts_at, ends_at,
+            resource_id,
+            starts_at,
+            ends_at,
         )
 
 
-async def list_locks(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, resource_id: str | None) -> list[asyncpg.Record]:
+async def list_locks(
+    conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, resource_id: str | None
+) -> list[asyncpg.Record]:
     async with database_errors():
         return await conn.fetch(
             """SELECT * FROM slot_lock WHERE hospital_id = $1 AND released_at IS NULL
                   AND ($2::text IS NULL OR resource_id = $2) ORDER BY starts_at""",
-            hospital_id, resource_id,
+            hospital_id,
+            resource_id,
         )
 
 

@@ -15,7 +15,7 @@ import msgspec
 from app.security.idcard import checksum_char
 
 HOSPITAL_ID = "h1"
-DEMO_PASSWORD = "Huiyue@2026"
+DEMO_PASSWORD = "Huiyue@2026"  # noqa: S105 - the published demo password, printed at start-up
 _SEED = 2026
 
 
@@ -239,8 +239,7 @@ _PREP_GASTRO = (
     "如同日预约上腹部超声，请先做超声。"
 )
 _PREP_GASTRO_PAINLESS = (
-    _PREP_GASTRO
-    + "无痛胃镜需静脉麻醉：须提前完成麻醉评估（心电图等），必须有成年家属陪同，检查后24小时内不得驾车、"
+    _PREP_GASTRO + "无痛胃镜需静脉麻醉：须提前完成麻醉评估（心电图等），必须有成年家属陪同，检查后24小时内不得驾车、"
     "高空作业或操作机械，当日不宜做需要精细判断的工作。"
 )
 _PREP_COLON = (
@@ -249,8 +248,7 @@ _PREP_COLON = (
     "如同日预约腹部超声，请先做超声。"
 )
 _PREP_COLON_PAINLESS = (
-    _PREP_COLON
-    + "无痛肠镜需静脉麻醉：检查前禁食，检查前2小时禁水，须提前完成麻醉评估，必须有成年家属陪同，"
+    _PREP_COLON + "无痛肠镜需静脉麻醉：检查前禁食，检查前2小时禁水，须提前完成麻醉评估，必须有成年家属陪同，"
     "检查后24小时内不得驾车或高空作业。"
 )
 _PREP_ECG = "检查前请休息5分钟，避免剧烈运动、吸烟及饮用咖啡、浓茶。请穿着便于暴露胸部和手腕、脚踝的衣物。"
@@ -265,20 +263,32 @@ _PREP_EXERCISE = (
 )
 
 
-def _ct(code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False,
-        contrast: str | None = None) -> ExamType:
+def _ct(
+    code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False, contrast: str | None = None
+) -> ExamType:
     return ExamType(code, name, "CT", "RAD", body, minutes, prep, fasting=fasting, contrast=contrast)
 
 
-def _mr(code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False,
-        contrast: str | None = None) -> ExamType:
+def _mr(
+    code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False, contrast: str | None = None
+) -> ExamType:
     return ExamType(code, name, "MR", "RAD", body, minutes, prep, fasting=fasting, contrast=contrast)
 
 
-def _us(code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False,
-        full_bladder: bool = False, contrast: str | None = None) -> ExamType:
-    return ExamType(code, name, "US", "US", body, minutes, prep, fasting=fasting, full_bladder=full_bladder,
-                    contrast=contrast)
+def _us(
+    code: str,
+    name: str,
+    body: str,
+    minutes: int,
+    prep: str,
+    *,
+    fasting: bool = False,
+    full_bladder: bool = False,
+    contrast: str | None = None,
+) -> ExamType:
+    return ExamType(
+        code, name, "US", "US", body, minutes, prep, fasting=fasting, full_bladder=full_bladder, contrast=contrast
+    )
 
 
 EXAM_TYPES: tuple[ExamType, ...] = (
@@ -303,15 +313,22 @@ EXAM_TYPES: tuple[ExamType, ...] = (
     _mr("MR-ABD-C", "上腹部MRI平扫+增强", "上腹部", 40, _PREP_MR_ABD, fasting=True, contrast="gadolinium"),
     _mr("MR-MRCP", "磁共振胰胆管成像 (MRCP)", "胆道胰管", 25, _PREP_MRCP, fasting=True),
     _mr("MR-PELVIS", "盆腔MRI平扫", "盆腔", 30, _PREP_MR_PELVIS),
-    _mr("MR-PROSTATE-C", "前列腺多参数MRI (平扫+增强)", "前列腺", 35, _PREP_MR_PELVIS + "增强检查请携带肾功能检查结果。",
-        contrast="gadolinium"),
+    _mr(
+        "MR-PROSTATE-C",
+        "前列腺多参数MRI (平扫+增强)",
+        "前列腺",
+        35,
+        _PREP_MR_PELVIS + "增强检查请携带肾功能检查结果。",
+        contrast="gadolinium",
+    ),
     # DR
     ExamType("DX-CHEST", "胸部正侧位片 (DR)", "DX", "RAD", "胸部", 5, _PREP_DX),
     ExamType("DX-LSPINE", "腰椎正侧位片 (DR)", "DX", "RAD", "腰椎", 5, _PREP_DX),
     ExamType("DX-KNEE", "双膝关节正侧位片 (DR)", "DX", "RAD", "膝关节", 5, _PREP_DX),
     ExamType("DX-KUB", "腹部平片 (KUB)", "DX", "RAD", "腹部", 5, _PREP_DX),
-    ExamType("DX-BARIUM", "上消化道钡餐造影", "DX", "RAD", "上消化道", 20, _PREP_BARIUM, fasting=True,
-             contrast="barium"),
+    ExamType(
+        "DX-BARIUM", "上消化道钡餐造影", "DX", "RAD", "上消化道", 20, _PREP_BARIUM, fasting=True, contrast="barium"
+    ),
     # Ultrasound
     _us("US-ABD-UPPER", "上腹部超声 (肝胆胰脾)", "上腹部", 15, _PREP_US_FASTING, fasting=True),
     _us("US-THYROID", "甲状腺及颈部淋巴结超声", "甲状腺", 10, _PREP_US_NONE),
@@ -326,11 +343,29 @@ EXAM_TYPES: tuple[ExamType, ...] = (
     _us("US-CEUS-LIVER", "肝脏超声造影", "肝脏", 20, _PREP_CEUS, fasting=True, contrast="ultrasound"),
     # Endoscopy
     ExamType("ES-GASTRO", "胃镜检查", "ES", "ENDO", "上消化道", 15, _PREP_GASTRO, fasting=True),
-    ExamType("ES-GASTRO-PAINLESS", "无痛胃镜检查", "ES", "ENDO", "上消化道", 20, _PREP_GASTRO_PAINLESS, fasting=True,
-             anaesthesia=True),
+    ExamType(
+        "ES-GASTRO-PAINLESS",
+        "无痛胃镜检查",
+        "ES",
+        "ENDO",
+        "上消化道",
+        20,
+        _PREP_GASTRO_PAINLESS,
+        fasting=True,
+        anaesthesia=True,
+    ),
     ExamType("ES-COLON", "结肠镜检查", "ES", "ENDO", "结直肠", 30, _PREP_COLON, fasting=True),
-    ExamType("ES-COLON-PAINLESS", "无痛结肠镜检查", "ES", "ENDO", "结直肠", 40, _PREP_COLON_PAINLESS, fasting=True,
-             anaesthesia=True),
+    ExamType(
+        "ES-COLON-PAINLESS",
+        "无痛结肠镜检查",
+        "ES",
+        "ENDO",
+        "结直肠",
+        40,
+        _PREP_COLON_PAINLESS,
+        fasting=True,
+        anaesthesia=True,
+    ),
     # ECG
     ExamType("ECG-REST", "常规十二导联心电图", "ECG", "ECG", "心脏", 5, _PREP_ECG),
     ExamType("ECG-HOLTER", "24小时动态心电图 (Holter)", "ECG", "ECG", "心脏", 10, _PREP_HOLTER),
@@ -393,8 +428,16 @@ def _hm(text: str) -> time:
     return time(int(hours), int(minutes))
 
 
-def _templates(resource_ids: tuple[str, ...], weekdays: tuple[int, ...], start: str, end: str, *,
-               capacity: int, quotas: dict[str, int] | None = None, window_min: int = 30) -> list[SlotTemplate]:
+def _templates(
+    resource_ids: tuple[str, ...],
+    weekdays: tuple[int, ...],
+    start: str,
+    end: str,
+    *,
+    capacity: int,
+    quotas: dict[str, int] | None = None,
+    window_min: int = 30,
+) -> list[SlotTemplate]:
     return [
         SlotTemplate(rid, day, _hm(start), _hm(end), window_min, capacity, dict(quotas or {}))
         for rid in resource_ids
@@ -427,7 +470,7 @@ def _build_templates() -> tuple[SlotTemplate, ...]:
     rows += _templates(("DR1",), _WEEKDAYS, "08:00", "12:00", capacity=10, quotas={"ward": 2, "emergency": 1})
     rows += _templates(("DR1",), _WEEKDAYS, "13:30", "17:30", capacity=10, quotas={"ward": 2, "emergency": 1})
     rows += _templates(("DR1",), _WEEKEND, "08:00", "12:00", capacity=6, quotas={"emergency": 1})
-    rows += _templates(("DR2",), _WEEKDAYS + (6,), "07:30", "11:30", capacity=10, quotas={"checkup": 4})
+    rows += _templates(("DR2",), (*_WEEKDAYS, 6), "07:30", "11:30", capacity=10, quotas={"checkup": 4})
     rows += _templates(("DR2",), _WEEKDAYS, "13:30", "17:00", capacity=8, quotas={"clinic": 2})
     # Ultrasound: 3 per 30 min with a clinic (诊间) keep-back; echo rooms keep one place for wards.
     general_us = ("US01", "US02", "US03", "US04")
@@ -437,7 +480,7 @@ def _build_templates() -> tuple[SlotTemplate, ...]:
     rows += _templates(("US05", "US06"), _WEEKDAYS, "08:00", "12:00", capacity=2, quotas={"ward": 1})
     rows += _templates(("US05", "US06"), _WEEKDAYS, "14:00", "17:30", capacity=2, quotas={"ward": 1})
     rows += _templates(("US05",), (6,), "08:00", "12:00", capacity=2)
-    rows += _templates(("US07", "US08"), _WEEKDAYS + (6,), "07:30", "11:30", capacity=3, quotas={"checkup": 1})
+    rows += _templates(("US07", "US08"), (*_WEEKDAYS, 6), "07:30", "11:30", capacity=3, quotas={"checkup": 1})
     rows += _templates(("US07", "US08"), _WEEKDAYS, "14:00", "17:00", capacity=3, quotas={"clinic": 1})
     # Endoscopy: fasting exams, mornings only.
     rows += _templates(("GS1", "GS2", "GS3"), _WEEKDAYS, "08:00", "12:00", capacity=3, quotas={"ward": 1})
@@ -447,7 +490,7 @@ def _build_templates() -> tuple[SlotTemplate, ...]:
     rows += _templates(("ECG1", "ECG2"), _WEEKDAYS, "08:00", "12:00", capacity=6, quotas={"ward": 1, "clinic": 1})
     rows += _templates(("ECG1", "ECG2"), _WEEKDAYS, "13:30", "17:00", capacity=6, quotas={"ward": 1, "clinic": 1})
     rows += _templates(("ECG2",), _WEEKEND, "08:00", "12:00", capacity=6, quotas={"emergency": 1})
-    rows += _templates(("ECG3",), _WEEKDAYS + (6,), "07:30", "11:30", capacity=6, quotas={"checkup": 2})
+    rows += _templates(("ECG3",), (*_WEEKDAYS, 6), "07:30", "11:30", capacity=6, quotas={"checkup": 2})
     rows += _templates(("ECG3",), _WEEKDAYS, "13:30", "17:00", capacity=6, quotas={"clinic": 1})
     return tuple(rows)
 
@@ -459,17 +502,103 @@ SLOT_TEMPLATES: tuple[SlotTemplate, ...] = _build_templates()
 # --------------------------------------------------------------------------------------------------
 
 _SURNAMES = (
-    "王", "李", "张", "刘", "陈", "杨", "黄", "赵", "吴", "周", "徐", "孙", "马", "朱", "胡", "郭", "何", "高",
-    "林", "罗", "郑", "梁", "谢", "宋", "唐", "许", "韩", "冯", "邓", "曹", "彭", "曾", "萧", "田", "董", "潘",
+    "王",
+    "李",
+    "张",
+    "刘",
+    "陈",
+    "杨",
+    "黄",
+    "赵",
+    "吴",
+    "周",
+    "徐",
+    "孙",
+    "马",
+    "朱",
+    "胡",
+    "郭",
+    "何",
+    "高",
+    "林",
+    "罗",
+    "郑",
+    "梁",
+    "谢",
+    "宋",
+    "唐",
+    "许",
+    "韩",
+    "冯",
+    "邓",
+    "曹",
+    "彭",
+    "曾",
+    "萧",
+    "田",
+    "董",
+    "潘",
 )
 _COMPOUND_SURNAMES = ("欧阳", "司马", "上官", "诸葛")
 _MALE_GIVEN = (
-    "伟", "强", "磊", "军", "勇", "杰", "涛", "斌", "超", "明", "建国", "志强", "国华", "海涛", "俊杰", "文博",
-    "子轩", "浩然", "宇航", "振华", "德明", "立新", "永刚", "家豪", "晓东", "建平", "卫东", "鹏飞",
+    "伟",
+    "强",
+    "磊",
+    "军",
+    "勇",
+    "杰",
+    "涛",
+    "斌",
+    "超",
+    "明",
+    "建国",
+    "志强",
+    "国华",
+    "海涛",
+    "俊杰",
+    "文博",
+    "子轩",
+    "浩然",
+    "宇航",
+    "振华",
+    "德明",
+    "立新",
+    "永刚",
+    "家豪",
+    "晓东",
+    "建平",
+    "卫东",
+    "鹏飞",
 )
 _FEMALE_GIVEN = (
-    "芳", "娜", "敏", "静", "丽", "艳", "娟", "霞", "婷", "雪", "秀英", "桂兰", "玉梅", "丽华", "晓燕", "春梅",
-    "雅琪", "欣怡", "梦琪", "淑珍", "海燕", "慧敏", "思雨", "佳怡", "红梅", "美玲", "凤英", "晓雯",
+    "芳",
+    "娜",
+    "敏",
+    "静",
+    "丽",
+    "艳",
+    "娟",
+    "霞",
+    "婷",
+    "雪",
+    "秀英",
+    "桂兰",
+    "玉梅",
+    "丽华",
+    "晓燕",
+    "春梅",
+    "雅琪",
+    "欣怡",
+    "梦琪",
+    "淑珍",
+    "海燕",
+    "慧敏",
+    "思雨",
+    "佳怡",
+    "红梅",
+    "美玲",
+    "凤英",
+    "晓雯",
 )
 # Real-looking district codes: Beijing Chaoyang, Shanghai Xuhui, Guangzhou Tianhe, Hangzhou Xihu,
 # Nanjing Xuanwu, Wuhan Wuchang, Chengdu Wuhou.
@@ -540,7 +669,9 @@ class _Combo(msgspec.Struct, frozen=True):
 
 # Realistic multi-exam work-ups, by ordering department.
 _OUTPATIENT_COMBOS: tuple[_Combo, ...] = (
-    _Combo("GI", ("US-ABD-UPPER", "ES-GASTRO-PAINLESS", "CT-ABD-C", "ECG-REST"), "上腹痛2月伴体重下降，排查胃及胰腺病变"),
+    _Combo(
+        "GI", ("US-ABD-UPPER", "ES-GASTRO-PAINLESS", "CT-ABD-C", "ECG-REST"), "上腹痛2月伴体重下降，排查胃及胰腺病变"
+    ),
     _Combo("GI", ("US-ABD-UPPER", "ES-GASTRO"), "反复上腹部不适、反酸嗳气"),
     _Combo("GI", ("US-ABD-UPPER", "ES-COLON-PAINLESS", "ECG-REST"), "大便习惯改变伴便血1月"),
     _Combo("GI", ("ES-GASTRO", "ES-COLON"), "贫血待查，粪便隐血阳性"),
@@ -628,18 +759,20 @@ def _make_orders(patients: tuple[Patient, ...]) -> tuple[ExamOrder, ...]:
             if exam_code in ordered[patient.mrn]:  # one order per exam and patient
                 continue
             ordered[patient.mrn].add(exam_code)
-            orders.append(ExamOrder(
-                order_no=f"ORD2026{len(orders) + 1:06d}",
-                patient_mrn=patient.mrn,
-                exam_code=exam_code,
-                ordering_department_id=combo.department_id,
-                ordering_doctor=doctor,
-                patient_class=patient_class,
-                priority=priority,
-                ward_id=ward,
-                bed_no=bed if ward else None,
-                clinical_note=combo.note,
-            ))
+            orders.append(
+                ExamOrder(
+                    order_no=f"ORD2026{len(orders) + 1:06d}",
+                    patient_mrn=patient.mrn,
+                    exam_code=exam_code,
+                    ordering_department_id=combo.department_id,
+                    ordering_doctor=doctor,
+                    patient_class=patient_class,
+                    priority=priority,
+                    ward_id=ward,
+                    bed_no=bed if ward else None,
+                    clinical_note=combo.note,
+                )
+            )
 
     def pick(combos: tuple[_Combo, ...], patient: Patient) -> _Combo:
         return rng.choice([c for c in combos if _fits(c, patient)])

@@ -72,14 +72,19 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
         h = data.HOSPITAL
         await conn.execute(
             "INSERT INTO hospital (id, name, short_name, timezone) VALUES ($1, $2, $3, $4)",
-            h.id, h.name, h.short_name, h.timezone,
+            h.id,
+            h.name,
+            h.short_name,
+            h.timezone,
         )
         await conn.copy_records_to_table(
-            "campus", columns=("id", "hospital_id", "name", "address"),
+            "campus",
+            columns=("id", "hospital_id", "name", "address"),
             records=[(c.id, hid, c.name, c.address) for c in data.CAMPUSES],
         )
         await conn.copy_records_to_table(
-            "department", columns=("id", "hospital_id", "campus_id", "name", "category", "sensitive", "location"),
+            "department",
+            columns=("id", "hospital_id", "campus_id", "name", "category", "sensitive", "location"),
             records=[(d.id, hid, d.campus_id, d.name, d.category, d.sensitive, d.location) for d in data.DEPARTMENTS],
         )
         await conn.copy_records_to_table(
@@ -92,16 +97,40 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
         )
         await conn.copy_records_to_table(
             "exam_type",
-            columns=("code", "name", "modality", "department_id", "body_part", "duration_min", "fasting",
-                     "full_bladder", "contrast", "anaesthesia", "prep_text"),
+            columns=(
+                "code",
+                "name",
+                "modality",
+                "department_id",
+                "body_part",
+                "duration_min",
+                "fasting",
+                "full_bladder",
+                "contrast",
+                "anaesthesia",
+                "prep_text",
+            ),
             records=[
-                (e.code, e.name, e.modality, e.department_id, e.body_part, e.duration_min, e.fasting,
-                 e.full_bladder, e.contrast, e.anaesthesia, e.prep_text)
+                (
+                    e.code,
+                    e.name,
+                    e.modality,
+                    e.department_id,
+                    e.body_part,
+                    e.duration_min,
+                    e.fasting,
+                    e.full_bladder,
+                    e.contrast,
+                    e.anaesthesia,
+                    e.prep_text,
+                )
                 for e in data.EXAM_TYPES
             ],
         )
         await conn.copy_records_to_table(
-            "exam_capability", columns=("exam_code", "resource_id"), records=list(data.CAPABILITIES),
+            "exam_capability",
+            columns=("exam_code", "resource_id"),
+            records=list(data.CAPABILITIES),
         )
         # quotas is passed as text and cast in SQL, so this works whether or not the caller's
         # connection has a jsonb codec installed.
@@ -109,8 +138,15 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
             "INSERT INTO slot_template (resource_id, weekday, start_time, end_time, window_min, capacity, quotas)"
             " VALUES ($1, $2, $3, $4, $5, $6, $7::text::jsonb)",
             [
-                (t.resource_id, t.weekday, t.start_time, t.end_time, t.window_min, t.capacity,
-                 json.dumps(t.quotas, sort_keys=True))
+                (
+                    t.resource_id,
+                    t.weekday,
+                    t.start_time,
+                    t.end_time,
+                    t.window_min,
+                    t.capacity,
+                    json.dumps(t.quotas, sort_keys=True),
+                )
                 for t in data.SLOT_TEMPLATES
             ],
         )
@@ -130,11 +166,33 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
         }
         await conn.copy_records_to_table(
             "exam_order",
-            columns=("order_no", "hospital_id", "patient_id", "exam_code", "ordering_department_id",
-                     "ordering_doctor", "patient_class", "priority", "ward_id", "bed_no", "clinical_note"),
+            columns=(
+                "order_no",
+                "hospital_id",
+                "patient_id",
+                "exam_code",
+                "ordering_department_id",
+                "ordering_doctor",
+                "patient_class",
+                "priority",
+                "ward_id",
+                "bed_no",
+                "clinical_note",
+            ),
             records=[
-                (o.order_no, hid, patient_ids[o.patient_mrn], o.exam_code, o.ordering_department_id,
-                 o.ordering_doctor, o.patient_class, o.priority, o.ward_id, o.bed_no, o.clinical_note)
+                (
+                    o.order_no,
+                    hid,
+                    patient_ids[o.patient_mrn],
+                    o.exam_code,
+                    o.ordering_department_id,
+                    o.ordering_doctor,
+                    o.patient_class,
+                    o.priority,
+                    o.ward_id,
+                    o.bed_no,
+                    o.clinical_note,
+                )
                 for o in data.ORDERS
             ],
         )
@@ -142,8 +200,14 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
             "staff_user",
             columns=("hospital_id", "username", "display_name", "password_hash", "department_id", "patient_id"),
             records=[
-                (hid, a.username, a.display_name, password_hash, a.department_id,
-                 patient_ids[a.patient_mrn] if a.patient_mrn else None)
+                (
+                    hid,
+                    a.username,
+                    a.display_name,
+                    password_hash,
+                    a.department_id,
+                    patient_ids[a.patient_mrn] if a.patient_mrn else None,
+                )
                 for a in data.STAFF_ACCOUNTS
             ],
         )
@@ -151,6 +215,7 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
             "INSERT INTO staff_role (user_id, role_code)"
             " SELECT u.id, a.role FROM unnest($1::text[], $2::text[]) AS a (username, role)"
             " JOIN staff_user u ON u.username = a.username",
-            [a.username for a in data.STAFF_ACCOUNTS], [a.role for a in data.STAFF_ACCOUNTS],
+            [a.username for a in data.STAFF_ACCOUNTS],
+            [a.role for a in data.STAFF_ACCOUNTS],
         )
     return _summary(already_seeded=False)

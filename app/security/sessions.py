@@ -3,6 +3,7 @@ caches the resolved principal for a few minutes so the hot path does not ask Pos
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -64,8 +65,13 @@ class SessionManager:
         expires_at = datetime.now(UTC) + timedelta(seconds=self.ttl_s)
         await auth_repo.insert_session(self.pool, token_hash(token), user["id"], expires_at, terminal, ip)
         actor = Actor(
-            user_id=user["id"], username=user["username"], roles=frozenset(user["roles"]),
-            department_id=user["department_id"], patient_id=user["patient_id"], terminal=terminal, ip=ip,
+            user_id=user["id"],
+            username=user["username"],
+            roles=frozenset(user["roles"]),
+            department_id=user["department_id"],
+            patient_id=user["patient_id"],
+            terminal=terminal,
+            ip=ip,
         )
         return LoginResult(token=token, expires_at=expires_at, actor=actor)
 
@@ -85,17 +91,24 @@ class SessionManager:
             if row is None:
                 raise NotAuthenticated("登录已失效，请重新登录", detail="unknown, expired or revoked session")
             cached = _CachedSession(
-                user_id=row["user_id"], username=row["username"], roles=list(row["roles"]),
-                department_id=row["department_id"], patient_id=row["patient_id"], terminal=row["terminal"],
+                user_id=row["user_id"],
+                username=row["username"],
+                roles=list(row["roles"]),
+                department_id=row["department_id"],
+                patient_id=row["patient_id"],
+                terminal=row["terminal"],
                 expires_at=row["expires_at"].timestamp(),
             )
-            try:
+            with contextlib.suppress(RedisError, OSError):
                 await self.redis.set(key, msgspec.json.encode(cached), ex=self.cache_s)
-            except (RedisError, OSError):
-                pass
         return Actor(
-            user_id=cached.user_id, username=cached.username, roles=frozenset(cached.roles),
-            department_id=cached.department_id, patient_id=cached.patient_id, terminal=cached.terminal, ip=ip,
+            user_id=cached.user_id,
+            username=cached.username,
+            roles=frozenset(cached.roles),
+            department_id=cached.department_id,
+            patient_id=cached.patient_id,
+            terminal=cached.terminal,
+            ip=ip,
         )
 
     async def logout(self, token: str) -> None:

@@ -68,11 +68,13 @@ async def test_login_me_logout(client: httpx.AsyncClient) -> None:
     assert (await client.post("/api/v1/auth/logout", headers=headers)).status_code == 200
     assert_problem(await client.get("/api/v1/auth/me", headers=headers), 401, "not_authenticated")
     assert_problem(
-        await client.post("/api/v1/auth/login", json={"username": "doctor", "password": "wrong"}), 401,
+        await client.post("/api/v1/auth/login", json={"username": "doctor", "password": "wrong"}),
+        401,
         "not_authenticated",
     )
     assert_problem(
-        await client.post("/api/v1/auth/login", json={"username": "nobody", "password": "x"}), 401,
+        await client.post("/api/v1/auth/login", json={"username": "nobody", "password": "x"}),
+        401,
         "not_authenticated",
     )
 
@@ -98,20 +100,28 @@ async def test_book_cancel_reschedule_over_http(client: httpx.AsyncClient, servi
     day = future_day(services)
     [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["US-THYROID"])
     slots = await open_slots(services, "US-THYROID", day)
-    r = await client.post("/api/v1/appointments", headers=h,
-                          json={"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slots[0]["id"]}]})
+    r = await client.post(
+        "/api/v1/appointments",
+        headers=h,
+        json={"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slots[0]["id"]}]},
+    )
     assert r.status_code == 201, r.text
     appt = r.json()["appointments"][0]
     assert appt["starts_at"].endswith("+08:00")
     target = next(s for s in slots if s["starts_at"] >= slots[0]["ends_at"])
-    r = await client.post(f"/api/v1/appointments/{appt['appointment_id']}/reschedule", headers=h,
-                          json={"slot_id": target["id"], "channel": "desk", "reason": "患者要求改期"})
+    r = await client.post(
+        f"/api/v1/appointments/{appt['appointment_id']}/reschedule",
+        headers=h,
+        json={"slot_id": target["id"], "channel": "desk", "reason": "患者要求改期"},
+    )
     assert r.status_code == 200, r.text
     new_id = r.json()["appointment"]["appointment_id"]
     listed = (await client.get(f"/api/v1/patients/{pid}/appointments", headers=h)).json()
     assert sorted(a["status"] for a in listed["appointments"]) == ["booked", "rescheduled"]
     assert listed["patient"]["name_masked"].startswith("测")
-    r = await client.post(f"/api/v1/appointments/{new_id}/cancel", headers=h, json={"channel": "desk", "reason": "取消"})
+    r = await client.post(
+        f"/api/v1/appointments/{new_id}/cancel", headers=h, json={"channel": "desk", "reason": "取消"}
+    )
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     audited = await services.pool.fetchval("SELECT count(*) FROM audit_log WHERE patient_id = $1", pid)
     assert audited >= 1
@@ -121,19 +131,39 @@ BAD_BOOKINGS: list[tuple[str, Any, int, str]] = [
     ("malformed json", b'{"patient_id": 1, "channel": "desk", "items": [', 400, "bad_request"),
     ("empty body", b"", 400, "bad_request"),
     ("not an object", b"[1, 2]", 422, "validation_failed"),
-    ("wrong type", {"patient_id": "one", "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]}, 422,
-     "validation_failed"),
+    (
+        "wrong type",
+        {"patient_id": "one", "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]},
+        422,
+        "validation_failed",
+    ),
     ("missing field", {"channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]}, 422, "validation_failed"),
     ("unknown field", {"patient_id": 1, "channel": "desk", "items": [], "admin": True}, 422, "validation_failed"),
     ("empty items", {"patient_id": 1, "channel": "desk", "items": []}, 422, "validation_failed"),
-    ("negative id", {"patient_id": -5, "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]}, 422,
-     "validation_failed"),
-    ("huge id", {"patient_id": 10**30, "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]}, 422,
-     "validation_failed"),
-    ("unknown channel", {"patient_id": 1, "channel": "fax", "items": [{"order_id": 1, "slot_id": 1}]}, 422,
-     "validation_failed"),
-    ("unknown order", {"patient_id": 1, "channel": "desk", "items": [{"order_id": 999999, "slot_id": 1}]}, 404,
-     "not_found"),
+    (
+        "negative id",
+        {"patient_id": -5, "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]},
+        422,
+        "validation_failed",
+    ),
+    (
+        "huge id",
+        {"patient_id": 10**30, "channel": "desk", "items": [{"order_id": 1, "slot_id": 1}]},
+        422,
+        "validation_failed",
+    ),
+    (
+        "unknown channel",
+        {"patient_id": 1, "channel": "fax", "items": [{"order_id": 1, "slot_id": 1}]},
+        422,
+        "validation_failed",
+    ),
+    (
+        "unknown order",
+        {"patient_id": 1, "channel": "desk", "items": [{"order_id": 999999, "slot_id": 1}]},
+        404,
+        "not_found",
+    ),
 ]
 
 
@@ -153,11 +183,17 @@ async def test_unknown_slot_and_ids_answer_404(client: httpx.AsyncClient, servic
     h = await auth(services, "clerk")
     [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
     before = await counts(services)
-    r = await client.post("/api/v1/appointments", headers=h,
-                          json={"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": 987654321}]})
+    r = await client.post(
+        "/api/v1/appointments",
+        headers=h,
+        json={"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": 987654321}]},
+    )
     assert_problem(r, 404, "not_found")
-    assert_problem(await client.post("/api/v1/appointments/987654/cancel", headers=h,
-                                     json={"channel": "desk", "reason": "x"}), 404, "not_found")
+    assert_problem(
+        await client.post("/api/v1/appointments/987654/cancel", headers=h, json={"channel": "desk", "reason": "x"}),
+        404,
+        "not_found",
+    )
     assert_problem(await client.get("/api/v1/patients/987654/orders", headers=h), 404, "not_found")
     assert_problem(await client.get("/api/v1/appointments/abc", headers=h), 404, "not_found")
     assert_problem(await client.get("/api/v1/no-such-route", headers=h), 404, "not_found")
@@ -171,20 +207,31 @@ async def test_availability_rejects_past_dates_bad_dates_and_unknown_exams(
     h = await auth(services, "clerk")
     today = services.reconciler.today()
     past = today - timedelta(days=1)
-    assert_problem(await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={past}", headers=h), 422,
-                   "validation_failed")
-    assert_problem(await client.get("/api/v1/availability?exam=CT-HEAD&date_from=2026-13-45", headers=h), 422,
-                   "validation_failed")
-    assert_problem(await client.get(f"/api/v1/availability?exam=NOPE&date_from={today}", headers=h), 404,
-                   "not_found")
-    assert_problem(await client.get(f"/api/v1/availability?date_from={today}", headers=h), 422, "validation_failed")
-    assert_problem(await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={today}&channel=fax", headers=h),
-                   422, "validation_failed")
     assert_problem(
-        await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={today}&date_to={today + timedelta(days=40)}",
-                         headers=h), 422, "validation_failed")
-    assert_problem(await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={today}&bogus=1", headers=h), 422,
-                   "validation_failed")
+        await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={past}", headers=h), 422, "validation_failed"
+    )
+    assert_problem(
+        await client.get("/api/v1/availability?exam=CT-HEAD&date_from=2026-13-45", headers=h), 422, "validation_failed"
+    )
+    assert_problem(await client.get(f"/api/v1/availability?exam=NOPE&date_from={today}", headers=h), 404, "not_found")
+    assert_problem(await client.get(f"/api/v1/availability?date_from={today}", headers=h), 422, "validation_failed")
+    assert_problem(
+        await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={today}&channel=fax", headers=h),
+        422,
+        "validation_failed",
+    )
+    assert_problem(
+        await client.get(
+            f"/api/v1/availability?exam=CT-HEAD&date_from={today}&date_to={today + timedelta(days=40)}", headers=h
+        ),
+        422,
+        "validation_failed",
+    )
+    assert_problem(
+        await client.get(f"/api/v1/availability?exam=CT-HEAD&date_from={today}&bogus=1", headers=h),
+        422,
+        "validation_failed",
+    )
 
 
 async def test_roles_are_enforced(client: httpx.AsyncClient, services: Services) -> None:
@@ -194,30 +241,48 @@ async def test_roles_are_enforced(client: httpx.AsyncClient, services: Services)
     body = {"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slot["id"]}]}
     before = await counts(services)
     assert_problem(await client.post("/api/v1/appointments", json=body), 401, "not_authenticated")
-    assert_problem(await client.post("/api/v1/appointments", json=body,
-                                     headers={"authorization": "Bearer forged"}), 401, "not_authenticated")
-    assert_problem(await client.post("/api/v1/appointments", json=body, headers=await auth(services, "tech")), 403,
-                   "forbidden")
-    assert_problem(await client.post("/api/v1/appointments", json=body, headers=await auth(services, "display")), 403,
-                   "forbidden")
-    assert_problem(await client.post("/api/v1/admin/reconcile", json={}, headers=await auth(services, "clerk")), 403,
-                   "forbidden")
+    assert_problem(
+        await client.post("/api/v1/appointments", json=body, headers={"authorization": "Bearer forged"}),
+        401,
+        "not_authenticated",
+    )
+    assert_problem(
+        await client.post("/api/v1/appointments", json=body, headers=await auth(services, "tech")), 403, "forbidden"
+    )
+    assert_problem(
+        await client.post("/api/v1/appointments", json=body, headers=await auth(services, "display")), 403, "forbidden"
+    )
+    assert_problem(
+        await client.post("/api/v1/admin/reconcile", json={}, headers=await auth(services, "clerk")), 403, "forbidden"
+    )
     # A patient account sees only its own records.
-    assert_problem(await client.get(f"/api/v1/patients/{pid}/orders", headers=await auth(services, "patient")), 403,
-                   "forbidden")
+    assert_problem(
+        await client.get(f"/api/v1/patients/{pid}/orders", headers=await auth(services, "patient")), 403, "forbidden"
+    )
     # A department admin manages only his department's resources.
-    lock = {"resource_id": "US01", "starts_at": f"{day}T08:00:00+08:00", "ends_at": f"{day}T09:00:00+08:00",
-            "kind": "maintenance", "reason": "设备维护"}
-    assert_problem(await client.post("/api/v1/admin/locks", json=lock, headers=await auth(services, "deptadmin")),
-                   403, "forbidden")
+    lock = {
+        "resource_id": "US01",
+        "starts_at": f"{day}T08:00:00+08:00",
+        "ends_at": f"{day}T09:00:00+08:00",
+        "kind": "maintenance",
+        "reason": "设备维护",
+    }
+    assert_problem(
+        await client.post("/api/v1/admin/locks", json=lock, headers=await auth(services, "deptadmin")), 403, "forbidden"
+    )
     assert await counts(services) == before
 
 
 async def test_admin_lock_reconcile_generate_over_http(client: httpx.AsyncClient, services: Services) -> None:
     h = await auth(services, "admin")
     day = future_day(services)
-    lock = {"resource_id": "CT1", "starts_at": f"{day}T08:00:00+08:00", "ends_at": f"{day}T09:00:00+08:00",
-            "kind": "maintenance", "reason": "设备维护"}
+    lock = {
+        "resource_id": "CT1",
+        "starts_at": f"{day}T08:00:00+08:00",
+        "ends_at": f"{day}T09:00:00+08:00",
+        "kind": "maintenance",
+        "reason": "设备维护",
+    }
     r = await client.post("/api/v1/admin/locks", json=lock, headers=h)
     assert r.status_code == 201 and r.json()["slots"] == 2
     lock_id = r.json()["lock_id"]

@@ -31,10 +31,13 @@ async def test_book_one_order_writes_appointment_event_outbox_and_takes_the_plac
     assert await services.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", order) == "booked"
     event = await services.pool.fetchrow("SELECT * FROM order_event WHERE order_id = $1", order)
     assert event["event"] == "booked" and event["actor_role"] == "clerk" and event["terminal"] == "pytest"
-    assert await services.pool.fetchval(
-        "SELECT count(*) FROM outbox WHERE topic = 'appointment.booked' AND aggregate_id = $1",
-        str(booked.appointment_id),
-    ) == 1
+    assert (
+        await services.pool.fetchval(
+            "SELECT count(*) FROM outbox WHERE topic = 'appointment.booked' AND aggregate_id = $1",
+            str(booked.appointment_id),
+        )
+        == 1
+    )
     await assert_redis_matches_postgres(services, day)
 
 
@@ -98,7 +101,9 @@ async def test_reschedule_same_day_takes_new_place_then_frees_old(services: Serv
     target = next(s for s in slots if s["starts_at"] >= first.ends_at)
     moved = await services.booking.reschedule(clerk, first.appointment_id, target["id"], "desk", "患者改期")
     assert moved.slot_id == target["id"] and moved.order_id == order
-    old = await services.pool.fetchrow("SELECT status, replaced_by FROM appointment WHERE id = $1", first.appointment_id)
+    old = await services.pool.fetchrow(
+        "SELECT status, replaced_by FROM appointment WHERE id = $1", first.appointment_id
+    )
     assert old["status"] == "rescheduled" and old["replaced_by"] == moved.appointment_id
     await assert_redis_matches_postgres(services, day)
 
@@ -138,8 +143,9 @@ async def test_postgres_refuses_a_locked_slot_even_if_redis_missed_the_lock(serv
     admin = await actor_for(services, "admin")
     day = future_day(services)
     slot = (await open_slots(services, "CT-HEAD", day))[0]
-    await services.pool_admin.lock(admin, slot["resource_id"], slot["starts_at"], slot["ends_at"], None,
-                                   "maintenance", "设备维护")
+    await services.pool_admin.lock(
+        admin, slot["resource_id"], slot["starts_at"], slot["ends_at"], None, "maintenance", "设备维护"
+    )
     await services.store.unlock(day, [slot["id"]], None)  # Redis loses the lock
     [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
     with pytest.raises(SlotLocked):
@@ -153,8 +159,13 @@ async def test_lock_closes_windows_for_the_named_channels_and_unlock_reopens(ser
     day = future_day(services)
     slot = (await open_slots(services, "CT-ABD-C", day))[0]
     report = await services.pool_admin.lock(
-        admin, slot["resource_id"], slot["starts_at"], slot["ends_at"] + timedelta(minutes=30), ["self"],
-        "expert_limit", "专家限号",
+        admin,
+        slot["resource_id"],
+        slot["starts_at"],
+        slot["ends_at"] + timedelta(minutes=30),
+        ["self"],
+        "expert_limit",
+        "专家限号",
     )
     assert report.slots == 2
     patient = await actor_for(services, "patient")
@@ -178,7 +189,7 @@ async def test_lock_closes_windows_for_the_named_channels_and_unlock_reopens(ser
 async def test_service_validates_before_touching_anything(services: Services) -> None:
     clerk = await actor_for(services, "clerk")
     day = future_day(services)
-    [(p1, [o1]), (p2, [o2])] = await new_patients_with_orders(services.pool, 2, ["CT-HEAD"])
+    [(p1, [o1]), (_, [o2])] = await new_patients_with_orders(services.pool, 2, ["CT-HEAD"])
     slot = (await open_slots(services, "CT-HEAD", day))[0]
     us_slot = (await open_slots(services, "US-THYROID", day))[0]
     with pytest.raises(ValidationFailed):

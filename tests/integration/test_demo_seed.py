@@ -40,17 +40,25 @@ async def test_seed_demo_loads_a_consistent_hospital(db_conn: asyncpg.Connection
 
     # Exam types: enough of them, each performable somewhere.
     assert await db_conn.fetchval("SELECT count(*) FROM exam_type") >= 38
-    assert await db_conn.fetchval(
-        "SELECT count(*) FROM exam_type e WHERE NOT EXISTS (SELECT 1 FROM exam_capability c WHERE c.exam_code = e.code)"
-    ) == 0
+    assert (
+        await db_conn.fetchval(
+            "SELECT count(*) FROM exam_type e"
+            " WHERE NOT EXISTS (SELECT 1 FROM exam_capability c WHERE c.exam_code = e.code)"
+        )
+        == 0
+    )
     assert await db_conn.fetchval(
         "SELECT array_agg(resource_id ORDER BY resource_id) FROM exam_capability WHERE exam_code = 'CTA-CORO'"
     ) == ["CT1"]
 
     # Templates: every resource has some, quotas always leave an open pool and use known channels.
-    assert await db_conn.fetchval(
-        "SELECT count(*) FROM resource r WHERE NOT EXISTS (SELECT 1 FROM slot_template t WHERE t.resource_id = r.id)"
-    ) == 0
+    assert (
+        await db_conn.fetchval(
+            "SELECT count(*) FROM resource r"
+            " WHERE NOT EXISTS (SELECT 1 FROM slot_template t WHERE t.resource_id = r.id)"
+        )
+        == 0
+    )
     templates = await db_conn.fetch("SELECT capacity, quotas FROM slot_template")
     assert len(templates) == summary.slot_templates
     for row in templates:
@@ -64,9 +72,12 @@ async def test_seed_demo_loads_a_consistent_hospital(db_conn: asyncpg.Connection
     assert all(is_valid_id_number(p["id_number"]) for p in patients)
     assert await db_conn.fetchval("SELECT count(*) FROM exam_order WHERE status = 'ordered'") == summary.orders
     assert summary.orders >= 140
-    assert await db_conn.fetchval(
-        "SELECT count(*) FROM exam_order WHERE patient_class = 'inpatient' AND (ward_id IS NULL OR bed_no IS NULL)"
-    ) == 0
+    assert (
+        await db_conn.fetchval(
+            "SELECT count(*) FROM exam_order WHERE patient_class = 'inpatient' AND (ward_id IS NULL OR bed_no IS NULL)"
+        )
+        == 0
+    )
 
     # Accounts: one per role, all with the demo password; the patient account is linked.
     rows = await db_conn.fetch(
@@ -86,6 +97,17 @@ async def test_seed_demo_loads_a_consistent_hospital(db_conn: asyncpg.Connection
 
 
 async def _table_counts(conn: asyncpg.Connection) -> dict[str, int]:
-    tables = ("hospital", "campus", "department", "resource", "exam_type", "exam_capability", "slot_template",
-              "patient", "exam_order", "staff_user", "staff_role")
+    tables = (
+        "hospital",
+        "campus",
+        "department",
+        "resource",
+        "exam_type",
+        "exam_capability",
+        "slot_template",
+        "patient",
+        "exam_order",
+        "staff_user",
+        "staff_role",
+    )
     return {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in tables}

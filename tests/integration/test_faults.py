@@ -30,12 +30,14 @@ from tests.helpers import (
 )
 
 
-async def _grab_like_the_service(services: Services, day: date, patient: int, order: int, slot_id: int,
-                                 ttl_s: float = 60) -> str:
+async def _grab_like_the_service(
+    services: Services, day: date, patient: int, order: int, slot_id: int, ttl_s: float = 60
+) -> str:
     hold_id = uuid.uuid4().hex
     now = time.time()
-    result = await services.store.grab(day, hold_id, patient, "desk", [GrabItem(slot_id, "CT-HEAD", order)],
-                                       int(now * 1000), int((now + ttl_s) * 1000))
+    result = await services.store.grab(
+        day, hold_id, patient, "desk", [GrabItem(slot_id, "CT-HEAD", order)], int(now * 1000), int((now + ttl_s) * 1000)
+    )
     assert result.ok
     return hold_id
 
@@ -83,9 +85,14 @@ async def test_crash_between_commit_and_confirm_keeps_the_booking(services: Serv
     slot = (await open_slots(services, "CT-HEAD", day))[0]
     hold_id = await _grab_like_the_service(services, day, pid, oid, slot["id"])
     await booking_repo.book(
-        services.pool, hold_id=hold_id, patient_id=pid, channel="desk",
+        services.pool,
+        hold_id=hold_id,
+        patient_id=pid,
+        channel="desk",
         items=[{"order_id": oid, "slot_id": slot["id"], "pool": "open"}],
-        deadline=datetime.fromtimestamp(time.time() + 50, UTC), actor=clerk, reason="",
+        deadline=datetime.fromtimestamp(time.time() + 50, UTC),
+        actor=clerk,
+        reason="",
     )
     report = await reap_expired(services.pool, services.store, services.reconciler, _after_expiry_ms())
     assert report.confirmed == 1 and report.released == 0
@@ -103,9 +110,14 @@ async def test_postgres_refuses_a_commit_past_the_hold_deadline(services: Servic
     hold_id = await _grab_like_the_service(services, day, pid, oid, slot["id"])
     with pytest.raises(HoldExpired):
         await booking_repo.book(
-            services.pool, hold_id=hold_id, patient_id=pid, channel="desk",
+            services.pool,
+            hold_id=hold_id,
+            patient_id=pid,
+            channel="desk",
             items=[{"order_id": oid, "slot_id": slot["id"], "pool": "open"}],
-            deadline=datetime.fromtimestamp(time.time() - 1, UTC), actor=clerk, reason="",
+            deadline=datetime.fromtimestamp(time.time() - 1, UTC),
+            actor=clerk,
+            reason="",
         )
     assert await services.pool.fetchval("SELECT count(*) FROM appointment WHERE patient_id = $1", pid) == 0
     await services.store.release(day, hold_id, pid, [slot["id"]])
@@ -142,8 +154,13 @@ async def test_redis_gone_gives_a_clear_503_and_writes_nothing(services: Service
     slot = (await open_slots(services, "CT-HEAD", day))[0]
     dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
     broken = BookingService(
-        services.pool, SlotStore(dead, services.keys), services.reconciler, services.publisher,
-        hospital_id="h1", hold_ttl_s=60, commit_margin_s=10,
+        services.pool,
+        SlotStore(dead, services.keys),
+        services.reconciler,
+        services.publisher,
+        hospital_id="h1",
+        hold_ttl_s=60,
+        commit_margin_s=10,
     )
     with pytest.raises(CacheUnavailable) as err:
         await broken.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
@@ -178,8 +195,15 @@ async def test_postgres_gone_mid_booking_leaves_the_hold_to_the_reaper(
     store = _PostgresDiesAfterGrab(services.redis, services.keys)
     store.admin = admin_conn
     store.database = seeded_db.name  # type: ignore[attr-defined]
-    dying = BookingService(services.pool, store, services.reconciler, services.publisher,
-                           hospital_id="h1", hold_ttl_s=60, commit_margin_s=10)
+    dying = BookingService(
+        services.pool,
+        store,
+        services.reconciler,
+        services.publisher,
+        hospital_id="h1",
+        hold_ttl_s=60,
+        commit_margin_s=10,
+    )
     with pytest.raises(DatabaseUnavailable) as err:
         await dying.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
     assert err.value.status == 503
@@ -216,8 +240,15 @@ async def test_emptied_redis_is_rebuilt_by_reconcile_to_the_slot(servers: Server
         slots = await open_slots(svc, "CT-HEAD", day, limit=6)
         for n, (pid, [oid]) in enumerate(patients):
             await svc.booking.book(clerk, pid, "desk", [BookItem(oid, slots[n % 6]["id"])])
-        await svc.pool_admin.lock(admin, slots[0]["resource_id"], slots[0]["starts_at"], slots[0]["ends_at"],
-                                  ["self"], "maintenance", "设备维护")
+        await svc.pool_admin.lock(
+            admin,
+            slots[0]["resource_id"],
+            slots[0]["starts_at"],
+            slots[0]["ends_at"],
+            ["self"],
+            "maintenance",
+            "设备维护",
+        )
         [(pid, [oid])] = await new_patients_with_orders(svc.pool, 1, ["CT-HEAD"])
         first = await svc.booking.book(clerk, pid, "desk", [BookItem(oid, slots[1]["id"])])
         await svc.booking.cancel(clerk, first[0].appointment_id, "desk", "取消")

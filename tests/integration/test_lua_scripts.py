@@ -17,8 +17,17 @@ NOW_MS = (T0 - 86_400) * 1000
 EXP_MS = NOW_MS + 60_000
 
 
-def slot(slot_id: int, start: int, *, cap: int = 2, quotas: dict[str, int] | None = None, booked: int = 0,
-         status: str = "open", resource: str = "CT1", length: int = 1800) -> SlotRow:
+def slot(
+    slot_id: int,
+    start: int,
+    *,
+    cap: int = 2,
+    quotas: dict[str, int] | None = None,
+    booked: int = 0,
+    status: str = "open",
+    resource: str = "CT1",
+    length: int = 1800,
+) -> SlotRow:
     return SlotRow(slot_id, resource, start, start + length, cap, quotas or {}, booked, status)
 
 
@@ -27,13 +36,21 @@ def store(redis_client: aioredis.Redis, redis_prefix: str) -> SlotStore:
     return SlotStore(redis_client, KeyBuilder(redis_prefix, "h1"))
 
 
-async def load(store: SlotStore, slots: list[SlotRow], booked: list[BookedRow] | None = None,
-               locks: list[LockRow] | None = None) -> None:
+async def load(
+    store: SlotStore, slots: list[SlotRow], booked: list[BookedRow] | None = None, locks: list[LockRow] | None = None
+) -> None:
     await store.replace_day(DayIndex(DAY, slots, booked or [], locks or []))
 
 
-async def grab(store: SlotStore, hold: str, patient: int, channel: str, *items: tuple[int, str, int],
-               now_ms: int = NOW_MS, replacing: int | None = None):  # type: ignore[no-untyped-def]
+async def grab(
+    store: SlotStore,
+    hold: str,
+    patient: int,
+    channel: str,
+    *items: tuple[int, str, int],
+    now_ms: int = NOW_MS,
+    replacing: int | None = None,
+):  # type: ignore[no-untyped-def]
     return await store.grab(DAY, hold, patient, channel, [GrabItem(*i) for i in items], now_ms, EXP_MS, replacing)
 
 
@@ -106,8 +123,11 @@ async def test_grab_checks_the_items_of_one_request_against_each_other(store: Sl
 
 
 async def test_grab_is_all_or_nothing(store: SlotStore) -> None:
-    await load(store, [slot(1, T0), slot(2, T0 + 3600, cap=1, booked=1)],
-               booked=[BookedRow(2, 99, "US-THYROID", 50, "open", "old")])
+    await load(
+        store,
+        [slot(1, T0), slot(2, T0 + 3600, cap=1, booked=1)],
+        booked=[BookedRow(2, 99, "US-THYROID", 50, "open", "old")],
+    )
     result = await grab(store, "a", 5, "desk", (1, "CT-HEAD", 1), (2, "US-ABD", 2))
     assert result.reasons == ["OK", "FULL"]
     view = await store.read_slot(DAY, 1)
@@ -117,8 +137,9 @@ async def test_grab_is_all_or_nothing(store: SlotStore) -> None:
 
 
 async def test_grab_ignores_the_entry_it_replaces(store: SlotStore) -> None:
-    await load(store, [slot(1, T0), slot(2, T0 + 600, resource="CT2")],
-               booked=[BookedRow(1, 5, "CT-HEAD", 1, "open", "old")])
+    await load(
+        store, [slot(1, T0), slot(2, T0 + 600, resource="CT2")], booked=[BookedRow(1, 5, "CT-HEAD", 1, "open", "old")]
+    )
     assert (await grab(store, "a", 5, "desk", (2, "CT-HEAD", 1))).reasons == ["DUPLICATE_EXAM"]
     assert (await grab(store, "b", 5, "desk", (2, "CT-HEAD", 1), replacing=1)).ok
 
@@ -158,8 +179,9 @@ async def test_reap_claims_only_expired_holds_and_leases_them(store: SlotStore) 
 
 
 async def test_cancel_returns_a_booked_place_once(store: SlotStore) -> None:
-    await load(store, [slot(1, T0, cap=2, quotas={"ward": 1}, booked=1)],
-               booked=[BookedRow(1, 7, "CT-HEAD", 1, "ward", "x")])
+    await load(
+        store, [slot(1, T0, cap=2, quotas={"ward": 1}, booked=1)], booked=[BookedRow(1, 7, "CT-HEAD", 1, "ward", "x")]
+    )
     view = await store.read_slot(DAY, 1)
     assert view is not None and view.quota_left == {"ward": 0}
     assert await store.cancel(DAY, 1, 7, "q:ward") is True
@@ -213,8 +235,9 @@ async def test_reconcile_refuses_a_stale_view_of_the_day(store: SlotStore, redis
     version = (await redis_client.get(k.version)).decode()
     # A grab lands between the read and the script: the day's key set changed.
     await grab(store, "h", 7, "desk", (1, "CT-HEAD", 1))
-    reply = await store._run("reconcile", [k.members, k.version, *members, k.slot(1)],
-                             [version, len(members), '[[1, "h", "cap", "9"]]'])
+    reply = await store._run(
+        "reconcile", [k.members, k.version, *members, k.slot(1)], [version, len(members), '[[1, "h", "cap", "9"]]']
+    )
     assert reply[0] == 0 and reply[1] == b"STALE"
     view = await store.read_slot(DAY, 1)
     assert view is not None and view.capacity == 2 and view.booked == 1

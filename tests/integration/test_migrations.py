@@ -6,7 +6,7 @@ import asyncpg
 
 from app.db.migrate import discover, migrate
 from app.db.pool import connect
-from tests.conftest import Servers, CloneDb, with_database
+from tests.conftest import CloneDb, Servers, with_database
 
 
 async def test_all_migrations_apply_to_an_empty_database_and_rerun_is_a_no_op(
@@ -25,9 +25,26 @@ async def test_all_migrations_apply_to_an_empty_database_and_rerun_is_a_no_op(
             r["tablename"] for r in await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
         for table in (
-            "hospital", "campus", "department", "resource", "exam_type", "exam_capability", "slot_template", "slot",
-            "slot_lock", "patient", "exam_order", "appointment", "order_event", "outbox", "staff_user", "role",
-            "staff_role", "staff_session", "audit_log", "schema_migration",
+            "hospital",
+            "campus",
+            "department",
+            "resource",
+            "exam_type",
+            "exam_capability",
+            "slot_template",
+            "slot",
+            "slot_lock",
+            "patient",
+            "exam_order",
+            "appointment",
+            "order_event",
+            "outbox",
+            "staff_user",
+            "role",
+            "staff_role",
+            "staff_session",
+            "audit_log",
+            "schema_migration",
         ):
             assert table in tables, table
     finally:
@@ -40,7 +57,10 @@ async def test_slot_table_refuses_booked_over_capacity(empty_db: CloneDb) -> Non
     try:
         await conn.execute("INSERT INTO hospital VALUES ('hx', 'X', 'X')")
         await conn.execute("INSERT INTO campus VALUES ('c', 'hx', 'C')")
-        await conn.execute("INSERT INTO department (id, hospital_id, campus_id, name, category) VALUES ('d', 'hx', 'c', 'D', 'radiology')")
+        await conn.execute(
+            "INSERT INTO department (id, hospital_id, campus_id, name, category)"
+            " VALUES ('d', 'hx', 'c', 'D', 'radiology')"
+        )
         await conn.execute(
             "INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name) "
             "VALUES ('r', 'hx', 'd', 'c', 'device', 'CT', 'R')"

@@ -12,8 +12,15 @@ from app.services import Services
 from tests.helpers import token_for
 
 DEMO_USER_OF_ROLE = {
-    "doctor": "doctor", "nurse": "nurse", "clerk": "clerk", "technician": "tech", "dept_admin": "deptadmin",
-    "dept_head": "depthead", "sys_admin": "admin", "patient": "patient", "display": "display",
+    "doctor": "doctor",
+    "nurse": "nurse",
+    "clerk": "clerk",
+    "technician": "tech",
+    "dept_admin": "deptadmin",
+    "dept_head": "depthead",
+    "sys_admin": "admin",
+    "patient": "patient",
+    "display": "display",
 }
 
 

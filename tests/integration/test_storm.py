@@ -31,9 +31,7 @@ async def storm_slots(services: Services, day: date) -> list[int]:
         """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name)
            VALUES ('STORM-CT', 'h1', 'RAD', 'main', 'device', 'CT', '压力测试CT') ON CONFLICT DO NOTHING"""
     )
-    await services.pool.execute(
-        "INSERT INTO exam_capability VALUES ('CT-HEAD', 'STORM-CT') ON CONFLICT DO NOTHING"
-    )
+    await services.pool.execute("INSERT INTO exam_capability VALUES ('CT-HEAD', 'STORM-CT') ON CONFLICT DO NOTHING")
     start = datetime.combine(day, datetime.min.time(), services.reconciler.tz) + timedelta(hours=8)
     ids = []
     for n in range(SLOTS):
@@ -41,7 +39,10 @@ async def storm_slots(services: Services, day: date) -> list[int]:
             await services.pool.fetchval(
                 """INSERT INTO slot (hospital_id, resource_id, day, starts_at, ends_at, capacity)
                    VALUES ('h1', 'STORM-CT', $1, $2, $3, $4) RETURNING id""",
-                day, start + timedelta(minutes=30 * n), start + timedelta(minutes=30 * (n + 1)), CAPACITY,
+                day,
+                start + timedelta(minutes=30 * n),
+                start + timedelta(minutes=30 * (n + 1)),
+                CAPACITY,
             )
         )
     await services.reload_catalogue()
@@ -116,14 +117,22 @@ async def test_storm_through_http(services: Services) -> None:
     port = _free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
     serving = asyncio.create_task(server.serve())
-    while not server.started:
+    while not server.started:  # noqa: ASYNC110 - uvicorn exposes a flag, not an event
         await asyncio.sleep(0.05)
     try:
         # Every attempt on its own connection, all opened at once: 2,000 requests truly in flight.
         results = await asyncio.gather(
             *(
-                raw_post(port, "/api/v1/appointments", token,
-                         {"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slot_ids[n % SLOTS]}]})
+                raw_post(
+                    port,
+                    "/api/v1/appointments",
+                    token,
+                    {
+                        "patient_id": pid,
+                        "channel": "desk",
+                        "items": [{"order_id": oid, "slot_id": slot_ids[n % SLOTS]}],
+                    },
+                )
                 for n, (pid, [oid]) in enumerate(patients)
             )
         )

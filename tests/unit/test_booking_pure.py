@@ -20,9 +20,18 @@ TZ = ZoneInfo("Asia/Shanghai")
 
 
 def template(**kw: object) -> Template:
-    base: dict[str, object] = dict(id=1, resource_id="CT1", weekday=1, start_time=time(8), end_time=time(10),
-                                   window_min=30, capacity=4, quotas={"ward": 1}, valid_from=date(2000, 1, 1),
-                                   valid_to=None)
+    base: dict[str, object] = dict(
+        id=1,
+        resource_id="CT1",
+        weekday=1,
+        start_time=time(8),
+        end_time=time(10),
+        window_min=30,
+        capacity=4,
+        quotas={"ward": 1},
+        valid_from=date(2000, 1, 1),
+        valid_to=None,
+    )
     base.update(kw)
     return Template(**base)  # type: ignore[arg-type]
 
@@ -31,7 +40,11 @@ def test_windows_follow_the_template_on_its_weekday_only() -> None:
     monday, tuesday = date(2026, 11, 30), date(2026, 12, 1)
     got = windows(template(), monday, TZ)
     assert [(s.strftime("%H:%M"), e.strftime("%H:%M")) for s, e in got] == [
-        ("08:00", "08:30"), ("08:30", "09:00"), ("09:00", "09:30"), ("09:30", "10:00")]
+        ("08:00", "08:30"),
+        ("08:30", "09:00"),
+        ("09:00", "09:30"),
+        ("09:30", "10:00"),
+    ]
     assert got[0][0].utcoffset().total_seconds() == 8 * 3600  # type: ignore[union-attr]
     assert windows(template(), tuesday, TZ) == []
 
@@ -59,8 +72,11 @@ def test_day_index_counts_pools_locks_and_patients() -> None:
     index = DayIndex(
         day=date(2030, 1, 1),
         slots=[SlotRow(1, "CT1", 100, 200, 5, {"ward": 2, "emergency": 1}, 3, "open")],
-        booked=[BookedRow(1, 7, "CT-HEAD", 70, "ward", "h1"), BookedRow(1, 8, "CT-ABD", 80, "open", "h2"),
-                BookedRow(1, 9, "CT-CHEST", 90, "open", "h3")],
+        booked=[
+            BookedRow(1, 7, "CT-HEAD", 70, "ward", "h1"),
+            BookedRow(1, 8, "CT-ABD", 80, "open", "h2"),
+            BookedRow(1, 9, "CT-CHEST", 90, "open", "h3"),
+        ],
         locks=[LockRow(1, ["self"]), LockRow(1, None), LockRow(1, ["self"])],
     )
     fields = index.slot_fields()[1]
@@ -79,8 +95,18 @@ def test_pool_names_round_trip() -> None:
 
 
 def view(**kw: object) -> SlotView:
-    base: dict[str, object] = dict(slot_id=1, resource_id="CT1", starts_at=1000, ends_at=2000, status="open",
-                                   capacity=5, booked=1, open_left=2, quota_left={"ward": 2}, locked_channels=[])
+    base: dict[str, object] = dict(
+        slot_id=1,
+        resource_id="CT1",
+        starts_at=1000,
+        ends_at=2000,
+        status="open",
+        capacity=5,
+        booked=1,
+        open_left=2,
+        quota_left={"ward": 2},
+        locked_channels=[],
+    )
     base.update(kw)
     return SlotView(**base)  # type: ignore[arg-type]
 
@@ -98,7 +124,9 @@ def test_places_for_a_channel() -> None:
 
 @given(cap=st.integers(0, 50), booked=st.integers(0, 50), open_left=st.integers(0, 50), quota=st.integers(0, 50))
 def test_places_never_exceed_what_is_left(cap: int, booked: int, open_left: int, quota: int) -> None:
-    places, _ = places_for(view(capacity=cap, booked=booked, open_left=open_left, quota_left={"ward": quota}), "ward", 0)
+    places, _ = places_for(
+        view(capacity=cap, booked=booked, open_left=open_left, quota_left={"ward": quota}), "ward", 0
+    )
     assert 0 <= places <= max(0, cap - booked)
 
 

@@ -30,7 +30,9 @@ def test_checksum_char_matches_standard_examples() -> None:
     assert checksum_char(COMPUTED[:17]) == COMPUTED[17]
 
 
-@pytest.mark.parametrize("bad", ["", "1101051949123100", "110105194912310021", "1101051949123100a", "１１０１０５１９４９１２３１００２"])
+@pytest.mark.parametrize(
+    "bad", ["", "1101051949123100", "110105194912310021", "1101051949123100a", "１１０１０５１９４９１２３１００２"]
+)
 def test_checksum_char_rejects_non_17_digits(bad: str) -> None:
     with pytest.raises(ValueError):
         checksum_char(bad)
