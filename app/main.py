@@ -12,12 +12,13 @@ from zoneinfo import ZoneInfo
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
 from app.api import admin, appointments, auth, catalogue, health, patients
 from app.api.openapi import build_openapi
-from app.api.problem import app_error_handler, http_error_handler, unexpected_error_handler
+from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
 from app.api.routing import PUBLIC, Call, api_route, json_response, page_route, set_display_zone
 from app.background import run_background
 from app.errors import AppError
@@ -73,6 +74,7 @@ def create_app(
     handlers: dict[Any, Any] = {
         AppError: app_error_handler,
         HTTPException: http_error_handler,
+        ClientDisconnect: client_gone_handler,
         Exception: unexpected_error_handler,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)

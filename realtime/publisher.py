@@ -7,6 +7,7 @@ reload a snapshot, so a failed publish never fails the booking that caused it.
 from __future__ import annotations
 
 import logging
+from importlib import resources
 from typing import Any
 
 import orjson
@@ -22,12 +23,16 @@ class EventPublisher:
     def __init__(self, client: aioredis.Redis, keys: KeyBuilder) -> None:
         self.client = client
         self.keys = keys
+        source = resources.files("app.booking").joinpath("lua", "publish.lua").read_text(encoding="utf-8")
+        self._publish = client.register_script(source)
 
-    async def publish(self, topic: str, event: dict[str, Any]) -> None:
-        """Send `event` on `topic`, numbered by a per-topic sequence so subscribers can spot gaps."""
+    async def publish(self, topic: str, event: dict[str, Any]) -> int | None:
+        """Send `event` on `topic`, numbered by a per-topic sequence; returns the number, or None
+        when Redis did not take it."""
         channel = self.keys.events_channel(topic)
         try:
-            seq = await self.client.incr(f"{channel}:seq")
-            await self.client.publish(channel, orjson.dumps({"seq": seq, "topic": topic, **event}))
+            seq = await self._publish(keys=[f"{channel}:seq"], args=[channel, orjson.dumps({"topic": topic, **event})])
         except (RedisError, OSError) as exc:
             logger.warning("publish to %s failed: %s", topic, type(exc).__name__)
+            return None
+        return int(seq)

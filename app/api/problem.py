@@ -60,6 +60,12 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return response
 
 
+async def client_gone_handler(request: Request, exc: Exception) -> Response:
+    # The client hung up before its request body arrived: nobody reads this answer.
+    logger.debug("client disconnected during %s %s", request.method, request.url.path)
+    return problem_response(400, "client_disconnected", "连接已断开", "client disconnected", request.url.path)
+
+
 async def unexpected_error_handler(request: Request, exc: Exception) -> Response:
     # Logged with the traceback for operators; the caller sees only a stable code.
     logger.exception("unhandled error on %s %s", request.method, request.url.path)

@@ -41,6 +41,24 @@ def places_for(view: SlotView, channel: str | None, now_s: float) -> tuple[int, 
     return max(0, min(left, view.open_left + view.quota_left.get(channel, 0))), locked
 
 
+def refusal(view: SlotView | None, channel: str, now_s: float) -> str | None:
+    """Why the channel cannot take a place in the slot now (the grab script's reason codes), or
+    None. Used as a read-only gate before the booking touches PostgreSQL; the grab decides."""
+    if view is None:
+        return "NO_SLOT"
+    if view.status != "open":
+        return "CLOSED"
+    if view.ends_at <= now_s:
+        return "PAST"
+    if "*" in view.locked_channels or channel in view.locked_channels:
+        return "LOCKED"
+    if view.capacity - view.booked <= 0:
+        return "FULL"
+    if view.quota_left.get(channel, 0) <= 0 and view.open_left <= 0:
+        return "QUOTA"
+    return None
+
+
 def check_range(date_from: date, date_to: date | None, today: date, horizon_days: int) -> list[date]:
     last = date_to or date_from
     if date_from < today:

@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime, timedelta
 import asyncpg
 import msgspec
 
+from app.booking.availability import refusal
 from app.booking.index import pool_field, pool_name
 from app.booking.reconcile import Reconciler
 from app.booking.slot_store import GrabItem, SlotStore
@@ -52,6 +53,7 @@ ROLE_CHANNELS: dict[str, frozenset[str]] = {
 }
 
 MAX_BUNDLE = 10
+SLOT_DAY_CACHE_SIZE = 200_000
 
 # Chinese explanations of the grab script's reason codes, most telling first.
 REASON_MESSAGES: dict[str, str] = {
@@ -99,6 +101,15 @@ def _reason_error(reasons: Sequence[str], slot_ids: Sequence[int]) -> SlotUnavai
     )
 
 
+def _check_shape(items: Sequence[BookItem]) -> None:
+    if not items:
+        raise ValidationFailed("请至少选择一项检查", detail="items must not be empty")
+    if len(items) > MAX_BUNDLE:
+        raise ValidationFailed(f"一次最多预约 {MAX_BUNDLE} 项检查", detail=f"at most {MAX_BUNDLE} items")
+    if len({i.order_id for i in items}) != len(items) or len({i.slot_id for i in items}) != len(items):
+        raise ValidationFailed("同一检查申请或同一号源不能重复出现", detail="order ids and slot ids must be distinct")
+
+
 def check_channel(actor: Actor, channel: str) -> None:
     if channel not in CHANNELS:
         raise ValidationFailed(f"预约渠道无效：{channel}", detail=f"channel must be one of {CHANNELS}")
@@ -135,6 +146,7 @@ class BookingService:
         self.hold_ttl_s = hold_ttl_s
         self.commit_margin_s = commit_margin_s
         self.clock = clock
+        self._slot_day: dict[int, date] = {}
 
     async def book(
         self, actor: Actor, patient_id: int, channel: str, items: Sequence[BookItem], reason: str = ""
@@ -142,8 +154,10 @@ class BookingService:
         """Book every item (an order into a slot) for the patient, all or nothing."""
         check_channel(actor, channel)
         check_patient_access(actor, patient_id)
-        checked = await self._check_items(patient_id, items)
+        _check_shape(items)
         now = self.clock()
+        await self._gate(channel, [i.slot_id for i in items], now)
+        checked = await self._check_items(patient_id, items)
         expires_ms = int((now + self.hold_ttl_s) * 1000)
         base = uuid.uuid4().hex
         by_day: dict[date, list[_Checked]] = defaultdict(list)
@@ -295,15 +309,34 @@ class BookingService:
 
     # -- helpers -----------------------------------------------------------------------------
 
+    async def _slot_days(self, slot_ids: Sequence[int]) -> dict[int, date]:
+        """The day of each slot. A slot's day never changes, so it is remembered in memory and a
+        storm on a few slots asks PostgreSQL once per slot, not once per attempt."""
+        missing = [s for s in slot_ids if s not in self._slot_day]
+        if missing:
+            if len(self._slot_day) > SLOT_DAY_CACHE_SIZE:
+                self._slot_day.clear()
+            for row in await booking_repo.slots_by_id(self.pool, missing):
+                self._slot_day[int(row["id"])] = row["day"]
+        return {s: self._slot_day[s] for s in slot_ids if s in self._slot_day}
+
+    async def _gate(self, channel: str, slot_ids: Sequence[int], now: float) -> None:
+        """Refuse from Redis alone when a slot plainly cannot be had (full, locked, closed): in a
+        release storm most attempts end here without touching PostgreSQL."""
+        days = await self._slot_days(slot_ids)
+        unknown = [s for s in slot_ids if s not in days]
+        if unknown:
+            raise NotFound("所选号源不存在", detail=f"slot {unknown[0]} not found")
+        by_day: dict[date, list[int]] = defaultdict(list)
+        for s in slot_ids:
+            by_day[days[s]].append(s)
+        for day, ids in by_day.items():
+            views = await self.store.read_slots_by_id(day, ids)
+            reasons = [refusal(v, channel, now) or "OK" for v in views]
+            if any(r != "OK" for r in reasons):
+                raise _reason_error(reasons, ids)
+
     async def _check_items(self, patient_id: int, items: Sequence[BookItem]) -> list[_Checked]:
-        if not items:
-            raise ValidationFailed("请至少选择一项检查", detail="items must not be empty")
-        if len(items) > MAX_BUNDLE:
-            raise ValidationFailed(f"一次最多预约 {MAX_BUNDLE} 项检查", detail=f"at most {MAX_BUNDLE} items")
-        if len({i.order_id for i in items}) != len(items) or len({i.slot_id for i in items}) != len(items):
-            raise ValidationFailed(
-                "同一检查申请或同一号源不能重复出现", detail="order ids and slot ids must be distinct"
-            )
         rows = await booking_repo.check_request(self.pool, [i.order_id for i in items], [i.slot_id for i in items])
         checked = []
         for item, row in zip(items, rows, strict=True):

@@ -204,6 +204,15 @@ class SlotStore:
                 rows = await pipe.execute()
         return [_slot_view(sid, row) for sid, row in zip(slot_ids, rows, strict=True) if row]
 
+    async def read_slots_by_id(self, day: date, slot_ids: Sequence[int]) -> list[SlotView | None]:
+        """The given slots of one day, in order (None where the index has no such slot)."""
+        k = self.keys.day(day)
+        async with _redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            for sid in slot_ids:
+                pipe.hgetall(k.slot(sid))
+            rows = await pipe.execute()
+        return [_slot_view(sid, row) if row else None for sid, row in zip(slot_ids, rows, strict=True)]
+
     async def read_slot(self, day: date, slot_id: int) -> SlotView | None:
         row = await self._call(lambda: self.client.hgetall(self.keys.day(day).slot(slot_id)))
         return _slot_view(slot_id, row) if row else None

@@ -3,6 +3,7 @@ caches the resolved principal for a few minutes so the hot path does not ask Pos
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import logging
@@ -57,7 +58,9 @@ class SessionManager:
 
     async def login(self, username: str, password: str, terminal: str = "", ip: str = "") -> LoginResult:
         user = await auth_repo.user_by_username(self.pool, username)
-        valid = verify_password(user["password_hash"] if user else _DUMMY_HASH, password)
+        # argon2 takes a few hundred milliseconds of CPU on purpose: off the event loop, so one
+        # login does not stall every other request of the worker.
+        valid = await asyncio.to_thread(verify_password, user["password_hash"] if user else _DUMMY_HASH, password)
         if user is None or not valid or not user["active"]:
             logger.info("login refused for an account (terminal %s)", terminal or "-")
             raise NotAuthenticated("用户名或密码错误", detail="bad credentials")

@@ -11,10 +11,11 @@ import socket
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import asyncpg
 import orjson
 import uvicorn
 
-from app.booking.service import BookItem
+from app.booking.service import BookingService, BookItem
 from app.errors import SlotUnavailable
 from app.main import create_app
 from app.services import Services
@@ -144,3 +145,34 @@ async def test_storm_through_http(services: Services) -> None:
     assert {body["reason"] for status, body in results if status == 409} == {"FULL"}
     assert all(body["code"] == "slot_unavailable" and body["title"] for status, body in results if status == 409)
     await assert_storm_outcome(services, day, slot_ids, sum(1 for status, _ in results if status == 201))
+
+
+async def test_refusals_of_a_full_slot_are_answered_by_redis_alone(services: Services) -> None:
+    """Once a slot is full, further attempts are refused from the Redis index: they are answered
+    even with PostgreSQL unreachable (its pool closed), so a release storm does not load it."""
+    day = future_day(services, 4)
+    slot_ids = await storm_slots(services, day)
+    clerk = await actor_for(services, "clerk")
+    patients = await new_patients_with_orders(services.pool, SLOTS * CAPACITY + 20, ["CT-HEAD"])
+    for n, (pid, [oid]) in enumerate(patients[: SLOTS * CAPACITY]):
+        await services.booking.book(clerk, pid, "desk", [BookItem(oid, slot_ids[n % SLOTS])])
+    dead_pool = await asyncpg.create_pool(services.settings.database.url, min_size=0, max_size=1)
+    await dead_pool.close()
+    gate_only = BookingService(
+        dead_pool,
+        services.store,
+        services.reconciler,
+        services.publisher,
+        hospital_id="h1",
+        hold_ttl_s=60,
+        commit_margin_s=10,
+    )
+    gate_only._slot_day.update(services.booking._slot_day)  # slots seen before: their day is known
+    reasons = []
+    for n, (pid, [oid]) in enumerate(patients[SLOTS * CAPACITY :]):
+        try:
+            await gate_only.book(clerk, pid, "desk", [BookItem(oid, slot_ids[n % SLOTS])])
+        except SlotUnavailable as exc:
+            reasons.append(exc.extra["reason"])
+    assert reasons == ["FULL"] * 20
+    await assert_storm_outcome(services, day, slot_ids, SLOTS * CAPACITY)
