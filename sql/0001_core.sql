@@ -153,14 +153,17 @@ CREATE TABLE exam_order (
 );
 CREATE INDEX exam_order_patient ON exam_order (patient_id, status);
 
+-- hospital_id, exam_code and resource_id are copied from the slot and the order (which carry the
+-- foreign keys): a foreign key to those few hot reference rows would take a shared row lock on the
+-- same hospital, exam type and resource row in every concurrent booking.
 CREATE TABLE appointment (
     id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    hospital_id   text NOT NULL REFERENCES hospital (id),
+    hospital_id   text NOT NULL,
     order_id      bigint NOT NULL REFERENCES exam_order (id),
     patient_id    bigint NOT NULL REFERENCES patient (id),
     slot_id       bigint NOT NULL REFERENCES slot (id),
-    exam_code     text NOT NULL REFERENCES exam_type (code),
-    resource_id   text NOT NULL REFERENCES resource (id),
+    exam_code     text NOT NULL,
+    resource_id   text NOT NULL,
     day           date NOT NULL,
     starts_at     timestamptz NOT NULL,
     ends_at       timestamptz NOT NULL,

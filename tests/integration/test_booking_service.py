@@ -209,3 +209,33 @@ async def test_service_validates_before_touching_anything(services: Services) ->
         await services.booking.book(patient, p1, "self", [BookItem(o1, slot["id"])])  # not his own
     assert await services.pool.fetchval("SELECT count(*) FROM appointment") == 0
     await assert_redis_matches_postgres(services, day)
+
+
+async def test_regeneration_is_idempotent_and_never_touches_booked_slots(services: Services) -> None:
+    clerk = await actor_for(services, "clerk")
+    day = future_day(services)
+    assert (await services.pool_admin.generate()).inserted == 0  # the fixture generated the horizon already
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["ECG-REST"])
+    slots = await open_slots(services, "ECG-REST", day)
+    booked_slot, free_slot = (
+        slots[0],
+        next(s for s in slots if s["template_id"] == slots[0]["template_id"] and s["id"] != slots[0]["id"]),
+    )
+    await services.booking.book(clerk, pid, "desk", [BookItem(oid, booked_slot["id"])])
+    # The department changes the template: more places per window.
+    await services.pool.execute(
+        "UPDATE slot_template SET capacity = capacity + 3 WHERE id = $1", booked_slot["template_id"]
+    )
+    report = await services.pool_admin.generate()
+    assert report.inserted == 0 and report.updated > 0
+    after = {
+        r["id"]: r
+        for r in await services.pool.fetch(
+            "SELECT id, capacity, booked FROM slot WHERE id = ANY($1::bigint[])", [booked_slot["id"], free_slot["id"]]
+        )
+    }
+    assert after[booked_slot["id"]]["capacity"] == booked_slot["capacity"]  # booked: untouched
+    assert after[free_slot["id"]]["capacity"] == free_slot["capacity"] + 3
+    again = await services.pool_admin.generate()
+    assert again.inserted == 0 and again.updated == 0
+    await assert_redis_matches_postgres(services, day)
