@@ -69,6 +69,3 @@ class KeyBuilder(msgspec.Struct, frozen=True):
     def events_channel(self, topic: str) -> str:
         """Pub/sub channel for live screens, e.g. topic 'slots:2026-12-01'."""
         return f"{self.prefix}:ev:{self.hospital_id}:{topic}"
-
-    def reconcile_lock(self) -> str:
-        return f"{self.prefix}:{{{self.hospital_id}}}:reconcile-lock"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 
 import asyncpg
 import msgspec
@@ -52,7 +51,3 @@ async def reap_expired(
                 report.released += 1
                 logger.info("reaper released hold %s", hold_id)
     return report
-
-
-def epoch_ms(clock: Callable[[], float]) -> int:
-    return int(clock() * 1000)

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime
 
 import asyncpg
 import msgspec
@@ -231,6 +231,7 @@ class BookingService:
 
     async def cancel(self, actor: Actor, appointment_id: int, channel: str, reason: str) -> int:
         """Cancel a live appointment; its place returns to the pool it came from. Returns the slot id."""
+        check_channel(actor, channel)
         appt = await self._appointment_for(actor, appointment_id)
         row = await booking_repo.cancel(
             self.pool,
@@ -402,11 +403,3 @@ class BookingService:
     async def _publish_days(self, days: set[date], event: str, slot_ids: list[int]) -> None:
         for day in sorted(days):
             await self.publisher.publish(f"slots:{day.isoformat()}", {"event": event, "slot_ids": slot_ids})
-
-
-def hospital_today(tz_now: datetime) -> date:
-    return tz_now.date()
-
-
-def day_range(start: date, days: int) -> list[date]:
-    return [start + timedelta(days=n) for n in range(days)]

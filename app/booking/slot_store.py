@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.booking.index import DayIndex
-from app.booking.keys import DayKeys, KeyBuilder
+from app.booking.keys import KeyBuilder
 from app.errors import CacheUnavailable
 
 logger = logging.getLogger(__name__)
@@ -224,9 +224,6 @@ class SlotStore:
     async def live_hold_ids(self, day: date) -> list[str]:
         raw = await self._call(lambda: self.client.zrange(self.keys.day(day).holds, 0, -1))
         return [_text(v) for v in raw]
-
-    def day_keys(self, day: date) -> DayKeys:
-        return self.keys.day(day)
 
 
 def _text(value: Any) -> str:

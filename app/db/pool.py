@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import asyncpg
 import orjson
@@ -105,7 +104,3 @@ async def database_errors() -> AsyncIterator[None]:
     except _UNAVAILABLE as exc:
         logger.warning("database unavailable: %s", type(exc).__name__)
         raise DatabaseUnavailable(detail=f"postgres: {type(exc).__name__}") from exc
-
-
-def record_dict(record: Any) -> dict[str, Any]:
-    return dict(record.items())

@@ -239,3 +239,18 @@ async def test_regeneration_is_idempotent_and_never_touches_booked_slots(service
     again = await services.pool_admin.generate()
     assert again.inserted == 0 and again.updated == 0
     await assert_redis_matches_postgres(services, day)
+
+
+async def test_a_patient_cancels_only_through_self_service(services: Services) -> None:
+    patient = await actor_for(services, "patient")
+    assert patient.patient_id is not None
+    day = future_day(services)
+    order = await services.pool.fetchval(
+        "SELECT id FROM exam_order WHERE patient_id = $1 AND exam_code = 'ECG-REST'", patient.patient_id
+    )
+    slot = (await open_slots(services, "ECG-REST", day))[0]
+    [booked] = await services.booking.book(patient, patient.patient_id, "self", [BookItem(order, slot["id"])])
+    with pytest.raises(Forbidden):
+        await services.booking.cancel(patient, booked.appointment_id, "desk", "冒充预约中心")
+    await services.booking.cancel(patient, booked.appointment_id, "self", "时间冲突")
+    await assert_redis_matches_postgres(services, day)
