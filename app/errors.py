@@ -84,6 +84,21 @@ class HoldExpired(Conflict):
     title = "号源保留已超时，请重新选择时段"
 
 
+class RuleViolation(Conflict):
+    """The booking breaks medical rules; `violations` lists them (rule id, severity, Chinese
+    message, whether this caller may override it with a reason)."""
+
+    code = "rule_violation"
+    title = "该预约不符合检查规则"
+
+
+class PatientChanged(Conflict):
+    """Another booking of the same patient committed between the rule check and this commit."""
+
+    code = "patient_changed"
+    title = "该患者的预约刚被其他人修改，请刷新后重试"
+
+
 class ServiceUnavailable(AppError):
     code = "service_unavailable"
     status = 503

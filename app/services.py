@@ -4,6 +4,7 @@ them to the HTTP app, the CLI and the background roles. No module globals hold r
 from __future__ import annotations
 
 import logging
+from zoneinfo import ZoneInfo
 
 import asyncpg
 import redis.asyncio as aioredis
@@ -16,6 +17,7 @@ from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
 from app.planning.catalogue import Catalogue
+from app.planning.rule_service import RuleService
 from app.security.sessions import SessionManager
 from app.settings import Settings
 from realtime.publisher import EventPublisher
@@ -48,6 +50,7 @@ class Services:
         self.reconciler = Reconciler(
             pool, self.store, hospital_id=b.hospital_id, timezone=b.timezone, horizon_days=b.horizon_days
         )
+        self.rules = RuleService(pool, lambda: self.catalogue, hospital_id=b.hospital_id, tz=ZoneInfo(b.timezone))
         self.booking = BookingService(
             pool,
             self.store,
@@ -56,6 +59,7 @@ class Services:
             hospital_id=b.hospital_id,
             hold_ttl_s=b.hold_ttl_s,
             commit_margin_s=b.commit_margin_s,
+            rules=self.rules,
         )
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(

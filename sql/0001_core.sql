@@ -129,6 +129,9 @@ CREATE TABLE patient (
     id_number    text,                          -- 身份证号; encrypted at rest by the security issue
     phone        text,
     insurance_no text,
+    -- Bumped by every booking of the patient: the rule check reads it, and a booking commits only
+    -- if nobody booked for the patient in between (two clerks booking two contrast exams at once).
+    booking_version bigint NOT NULL DEFAULT 0,
     created_at   timestamptz NOT NULL DEFAULT now(),
     updated_at   timestamptz NOT NULL DEFAULT now()
 );
@@ -202,6 +205,19 @@ CREATE TABLE order_event (
     at             timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX order_event_order ON order_event (order_id, id);
+
+-- A rule (booking_rule, migration 0003) that an authorised role set aside, with the reason.
+CREATE TABLE rule_override (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    order_id    bigint NOT NULL REFERENCES exam_order (id),
+    rule_id     text NOT NULL,
+    reason      text NOT NULL,
+    actor_id    bigint,
+    actor_role  text NOT NULL,
+    detail      jsonb NOT NULL DEFAULT '{}',
+    at          timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX rule_override_order ON rule_override (order_id);
 
 -- Messages other systems must hear of, written in the same transaction as the change.
 CREATE TABLE outbox (

@@ -9,12 +9,15 @@
 --   SLOT_LOCKED          a lock covers the slot for this channel
 --   HOLD_EXPIRED         the Redis hold behind this booking has expired (the reaper may free it)
 --   APPOINTMENT_NOT_LIVE the appointment to cancel or reschedule is not booked
+--   PATIENT_CHANGED      another booking of the same patient committed since the rules were checked
 
 -- Book a bundle. p_items: [{"order_id": 1, "slot_id": 2, "pool": "open", "hold_id": "..."}, ...]
 -- (a bundle across days has one Redis hold per day; an item without hold_id takes p_hold_id)
+-- p_version: the patient's booking_version the rule check saw (NULL: no check).
+-- p_overrides: [{"order_id": 1, "rule_id": "R09", "reason": "..."}], recorded in rule_override.
 CREATE FUNCTION hy_book(
     p_hold_id text, p_patient_id bigint, p_channel text, p_items jsonb, p_deadline timestamptz,
-    p_actor_id bigint, p_actor_role text, p_terminal text, p_reason text
+    p_actor_id bigint, p_actor_role text, p_terminal text, p_reason text, p_version bigint, p_overrides jsonb
 ) RETURNS TABLE (appointment_id bigint, order_id bigint, slot_id bigint, exam_code text, resource_id text,
                  starts_at timestamptz, ends_at timestamptz)
 LANGUAGE plpgsql AS $$
@@ -27,6 +30,14 @@ BEGIN
     IF clock_timestamp() > p_deadline THEN
         RAISE EXCEPTION 'HOLD_EXPIRED';
     END IF;
+    UPDATE patient AS pt SET booking_version = pt.booking_version + 1
+     WHERE pt.id = p_patient_id AND (p_version IS NULL OR pt.booking_version = p_version);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PATIENT_CHANGED' USING DETAIL = p_patient_id::text;
+    END IF;
+    INSERT INTO rule_override (order_id, rule_id, reason, actor_id, actor_role)
+    SELECT (o ->> 'order_id')::bigint, o ->> 'rule_id', o ->> 'reason', p_actor_id, p_actor_role
+      FROM jsonb_array_elements(COALESCE(p_overrides, '[]'::jsonb)) AS o;
     FOR item IN SELECT * FROM jsonb_array_elements(p_items) LOOP
         UPDATE slot AS t SET booked = t.booked + 1
          WHERE t.id = (item ->> 'slot_id')::bigint AND t.status = 'open' AND t.booked < t.capacity
@@ -106,7 +117,8 @@ $$;
 -- old one is given back, so the patient never ends up with neither.
 CREATE FUNCTION hy_reschedule(
     p_appointment_id bigint, p_patient_id bigint, p_new_slot_id bigint, p_pool text, p_hold_id text,
-    p_deadline timestamptz, p_actor_id bigint, p_actor_role text, p_channel text, p_terminal text, p_reason text
+    p_deadline timestamptz, p_actor_id bigint, p_actor_role text, p_channel text, p_terminal text, p_reason text,
+    p_version bigint, p_overrides jsonb
 ) RETURNS TABLE (appointment_id bigint, old_slot_id bigint, old_pool text, old_day date, slot_id bigint,
                  resource_id text, starts_at timestamptz, ends_at timestamptz)
 LANGUAGE plpgsql AS $$
@@ -118,6 +130,14 @@ BEGIN
     IF clock_timestamp() > p_deadline THEN
         RAISE EXCEPTION 'HOLD_EXPIRED';
     END IF;
+    UPDATE patient AS pt SET booking_version = pt.booking_version + 1
+     WHERE pt.id = p_patient_id AND (p_version IS NULL OR pt.booking_version = p_version);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PATIENT_CHANGED' USING DETAIL = p_patient_id::text;
+    END IF;
+    INSERT INTO rule_override (order_id, rule_id, reason, actor_id, actor_role)
+    SELECT (o ->> 'order_id')::bigint, o ->> 'rule_id', o ->> 'reason', p_actor_id, p_actor_role
+      FROM jsonb_array_elements(COALESCE(p_overrides, '[]'::jsonb)) AS o;
     UPDATE appointment AS t SET status = 'rescheduled', ended_at = now(), end_reason = p_reason
      WHERE t.id = p_appointment_id AND t.status = 'booked'
        AND (p_patient_id IS NULL OR t.patient_id = p_patient_id)

@@ -33,9 +33,11 @@ from app.errors import (
     Forbidden,
     NotFound,
     OrderNotBookable,
+    PatientChanged,
     SlotUnavailable,
     ValidationFailed,
 )
+from app.planning.rule_service import Override, ProposedExam, RuleService
 from app.security.actor import Actor
 from realtime.publisher import EventPublisher
 
@@ -53,6 +55,7 @@ ROLE_CHANNELS: dict[str, frozenset[str]] = {
 }
 
 MAX_BUNDLE = 10
+PATIENT_RETRIES = 3
 SLOT_DAY_CACHE_SIZE = 200_000
 
 # Chinese explanations of the grab script's reason codes, most telling first.
@@ -88,6 +91,7 @@ class _Checked(msgspec.Struct, frozen=True):
     item: BookItem
     exam_code: str
     day: date
+    proposed: ProposedExam
 
 
 def _reason_error(reasons: Sequence[str], slot_ids: Sequence[int]) -> SlotUnavailable:
@@ -136,9 +140,11 @@ class BookingService:
         hospital_id: str,
         hold_ttl_s: int,
         commit_margin_s: int,
+        rules: RuleService,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
+        self.rules = rules
         self.store = store
         self.reconciler = reconciler
         self.publisher = publisher
@@ -149,15 +155,41 @@ class BookingService:
         self._slot_day: dict[int, date] = {}
 
     async def book(
-        self, actor: Actor, patient_id: int, channel: str, items: Sequence[BookItem], reason: str = ""
+        self,
+        actor: Actor,
+        patient_id: int,
+        channel: str,
+        items: Sequence[BookItem],
+        reason: str = "",
+        overrides: Sequence[Override] = (),
     ) -> list[BookedAppointment]:
-        """Book every item (an order into a slot) for the patient, all or nothing."""
+        """Book every item (an order into a slot) for the patient, all or nothing, if the medical
+        rules allow it (or every broken rule is a warning overridden with a reason)."""
         check_channel(actor, channel)
         check_patient_access(actor, patient_id)
         _check_shape(items)
+        for attempt in range(PATIENT_RETRIES):
+            try:
+                return await self._book_once(actor, patient_id, channel, items, reason, overrides)
+            except PatientChanged:
+                # Another booking of this patient committed after our rule check: check again.
+                if attempt == PATIENT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _book_once(
+        self,
+        actor: Actor,
+        patient_id: int,
+        channel: str,
+        items: Sequence[BookItem],
+        reason: str,
+        overrides: Sequence[Override],
+    ) -> list[BookedAppointment]:
         now = self.clock()
         await self._gate(channel, [i.slot_id for i in items], now)
         checked = await self._check_items(patient_id, items)
+        outcome = await self.rules.check(actor, patient_id, [c.proposed for c in checked], overrides)
         expires_ms = int((now + self.hold_ttl_s) * 1000)
         base = uuid.uuid4().hex
         by_day: dict[date, list[_Checked]] = defaultdict(list)
@@ -203,6 +235,8 @@ class BookingService:
                 deadline=deadline,
                 actor=actor,
                 reason=reason,
+                version=outcome.version,
+                overrides=outcome.overrides,
             )
         except DatabaseUnavailable:
             # The commit may or may not have happened: leave the holds to the reaper, which asks
@@ -246,10 +280,33 @@ class BookingService:
         return int(row["slot_id"])
 
     async def reschedule(
-        self, actor: Actor, appointment_id: int, new_slot_id: int, channel: str, reason: str
+        self,
+        actor: Actor,
+        appointment_id: int,
+        new_slot_id: int,
+        channel: str,
+        reason: str,
+        overrides: Sequence[Override] = (),
     ) -> BookedAppointment:
         """Move a live appointment to another slot: take the new place first, then give back the old."""
         check_channel(actor, channel)
+        for attempt in range(PATIENT_RETRIES):
+            try:
+                return await self._reschedule_once(actor, appointment_id, new_slot_id, channel, reason, overrides)
+            except PatientChanged:
+                if attempt == PATIENT_RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _reschedule_once(
+        self,
+        actor: Actor,
+        appointment_id: int,
+        new_slot_id: int,
+        channel: str,
+        reason: str,
+        overrides: Sequence[Override],
+    ) -> BookedAppointment:
         appt = await self._appointment_for(actor, appointment_id)
         if appt["status"] != "booked":
             raise OrderNotBookable("该预约已取消或已改约，无法改约", detail=f"appointment status {appt['status']}")
@@ -259,7 +316,21 @@ class BookingService:
         slots = await booking_repo.slots_by_id(self.pool, [new_slot_id])
         if not slots:
             raise NotFound("所选号源不存在", detail=f"slot {new_slot_id} not found")
-        new_day: date = slots[0]["day"]
+        slot = slots[0]
+        new_day: date = slot["day"]
+        if slot["resource_id"] not in self.rules.catalogue().capable.get(appt["exam_code"], frozenset()):
+            raise ValidationFailed(
+                "所选号源的设备/诊室不能做该检查", detail=f"slot {new_slot_id} cannot do {appt['exam_code']}"
+            )
+        proposed = ProposedExam(
+            int(appt["order_id"]),
+            appt["exam_code"],
+            new_slot_id,
+            int(slot["starts_at"].timestamp()),
+            int(slot["ends_at"].timestamp()),
+            slot["resource_id"],
+        )
+        outcome = await self.rules.check(actor, patient_id, [proposed], overrides, exclude_appointment=appointment_id)
         now = self.clock()
         hold_id = uuid.uuid4().hex
         replacing = int(appt["slot_id"]) if appt["day"] == new_day else None
@@ -288,6 +359,8 @@ class BookingService:
                 channel=channel,
                 actor=actor,
                 reason=reason,
+                version=outcome.version,
+                overrides=outcome.overrides,
             )
         except DatabaseUnavailable:
             raise
@@ -355,7 +428,10 @@ class BookingService:
                 raise ValidationFailed(
                     "所选号源的设备/诊室不能做该检查", detail=f"slot {item.slot_id} cannot do {row['exam_code']}"
                 )
-            checked.append(_Checked(item, row["exam_code"], row["day"]))
+            proposed = ProposedExam(
+                item.order_id, row["exam_code"], item.slot_id, int(row["s"]), int(row["e"]), row["resource_id"]
+            )
+            checked.append(_Checked(item, row["exam_code"], row["day"], proposed))
         return checked
 
     async def _appointment_for(self, actor: Actor, appointment_id: int) -> asyncpg.Record:

@@ -23,10 +23,12 @@ async def book(
     deadline: datetime,
     actor: Actor,
     reason: str,
+    version: int | None = None,
+    overrides: Sequence[dict[str, Any]] = (),
 ) -> list[asyncpg.Record]:
     async with database_errors():
         return await conn.fetch(
-            "SELECT * FROM hy_book($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "SELECT * FROM hy_book($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             hold_id,
             patient_id,
             channel,
@@ -36,6 +38,8 @@ async def book(
             actor.role,
             actor.terminal,
             reason,
+            version,
+            list(overrides),
         )
 
 
@@ -75,10 +79,12 @@ async def reschedule(
     channel: str,
     actor: Actor,
     reason: str,
+    version: int | None = None,
+    overrides: Sequence[dict[str, Any]] = (),
 ) -> asyncpg.Record:
     async with database_errors():
         row = await conn.fetchrow(
-            "SELECT * FROM hy_reschedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "SELECT * FROM hy_reschedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             appointment_id,
             patient_id,
             new_slot_id,
@@ -90,6 +96,8 @@ async def reschedule(
             channel,
             actor.terminal,
             reason,
+            version,
+            list(overrides),
         )
     assert row is not None
     return row
@@ -193,7 +201,8 @@ async def check_request(
     the slot's day, and whether the slot's resource can perform the exam (NULLs when not found)."""
     async with database_errors():
         return await conn.fetch(
-            """SELECT req.n, o.patient_id, o.exam_code, o.status, s.day,
+            """SELECT req.n, o.patient_id, o.exam_code, o.status, s.day, s.resource_id,
+                      extract(epoch FROM s.starts_at)::bigint AS s, extract(epoch FROM s.ends_at)::bigint AS e,
                       EXISTS (SELECT 1 FROM exam_capability c
                                WHERE c.exam_code = o.exam_code AND c.resource_id = s.resource_id) AS capable
                  FROM unnest($1::bigint[], $2::bigint[]) WITH ORDINALITY AS req(order_id, slot_id, n)

@@ -12,7 +12,7 @@ async def load_catalogue(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: s
     async with database_errors():
         exams = await conn.fetch(
             """SELECT e.code, e.name, e.modality, e.department_id, e.body_part, e.duration_min, e.fasting,
-                      e.full_bladder, e.contrast, e.anaesthesia, e.prep_text
+                      e.full_bladder, e.contrast, e.anaesthesia, e.prep_text, e.tags
                  FROM exam_type e JOIN department d ON d.id = e.department_id
                 WHERE e.active AND d.hospital_id = $1 ORDER BY e.code""",
             hospital_id,

@@ -18,6 +18,7 @@ from app.errors import (
     DatabaseUnavailable,
     HoldExpired,
     OrderNotBookable,
+    PatientChanged,
     SlotLocked,
     SlotUnavailable,
     ValidationFailed,
@@ -38,6 +39,7 @@ _RAISED: dict[str, type[AppError]] = {
     "EXAM_NOT_ON_RESOURCE": ValidationFailed,
     "HOLD_EXPIRED": HoldExpired,
     "APPOINTMENT_NOT_LIVE": AppointmentNotLive,
+    "PATIENT_CHANGED": PatientChanged,
 }
 
 _UNAVAILABLE = (

@@ -831,3 +831,53 @@ STAFF_ACCOUNTS: tuple[StaffAccount, ...] = (
     StaffAccount("patient", "patient", PATIENTS[0].name, patient_mrn=DEMO_PATIENT_MRN),
     StaffAccount("display", "display", "放射科候诊屏", "RAD"),
 )
+
+
+# Categories the rule table selects exams by (see app/planning/default_rules.json).
+EXAM_TAGS: dict[str, tuple[str, ...]] = {
+    "US-ABD-UPPER": ("upper_abdomen_us",),
+    "US-THYROID": ("thyroid_us",),
+    "ES-GASTRO": ("gastroscopy",),
+    "ES-GASTRO-PAINLESS": ("gastroscopy",),
+    "ES-COLON": ("colonoscopy",),
+    "ES-COLON-PAINLESS": ("colonoscopy",),
+    "DX-BARIUM": ("barium_meal",),
+    "CT-ABD": ("abdominal_ct",),
+    "CT-ABD-C": ("abdominal_ct",),
+    "CT-KUB": ("abdominal_ct",),
+    "MR-MRCP": ("biliary_imaging",),
+}
+
+
+def _patient_facts() -> dict[str, dict[str, object]]:
+    """What the HIS told us about the demo patients: every one has declared implants (or none);
+    those due for painless endoscopy passed the anaesthesia assessment, except one; and a few carry
+    the facts the contraindication rules look for, chosen among patients whose orders they affect."""
+    facts: dict[str, dict[str, object]] = {p.mrn: {"implants_declared": True} for p in PATIENTS}
+    orders_of: dict[str, list[str]] = {}
+    for o in ORDERS:
+        orders_of.setdefault(o.patient_mrn, []).append(o.exam_code)
+    painless = [m for m, codes in orders_of.items() if any(c.endswith("-PAINLESS") for c in codes)]
+    for mrn in painless[:-1] if len(painless) > 1 else painless:
+        facts[mrn]["anaesthesia_assessment"] = "passed"
+    if len(painless) > 1:
+        facts[painless[-1]]["anaesthesia_assessment"] = "pending"
+    mri = [m for m, codes in orders_of.items() if any(c.startswith("MR-") for c in codes) and m != DEMO_PATIENT_MRN]
+    iodine = [
+        m
+        for m, codes in orders_of.items()
+        if any(c in ("CT-CHEST-C", "CT-NECK-C", "CT-ABD-C", "CTA-HEAD", "CTA-CORO") for c in codes)
+        and m != DEMO_PATIENT_MRN
+    ]
+    if mri:
+        facts[mri[0]]["pacemaker"] = True
+    if len(mri) > 1:
+        facts[mri[1]]["claustrophobia"] = True
+    if iodine:
+        facts[iodine[0]]["iodine_allergy"] = True
+    if len(iodine) > 1:
+        facts[iodine[1]]["egfr"] = 25
+    return facts
+
+
+PATIENT_FACTS: dict[str, dict[str, object]] = _patient_facts()

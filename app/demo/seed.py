@@ -218,4 +218,16 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
             [a.username for a in data.STAFF_ACCOUNTS],
             [a.role for a in data.STAFF_ACCOUNTS],
         )
+        await _seed_rules_and_facts(conn, hid, patient_ids)
     return _summary(already_seeded=False)
+
+
+async def _seed_rules_and_facts(conn: asyncpg.Connection, hospital_id: str, patient_ids: dict[str, int]) -> None:
+    """The default rule table, the exam categories it selects by, and the demo patients' facts."""
+    from app.db import rules_repo
+    from app.planning.rules import load_default_rules
+
+    await rules_repo.set_exam_tags(conn, data.EXAM_TAGS)
+    await rules_repo.replace_rules(conn, hospital_id, load_default_rules(), actor_id=None)
+    for mrn, facts in sorted(data.PATIENT_FACTS.items()):
+        await rules_repo.add_facts(conn, patient_ids[mrn], facts, "his", actor_id=None)

@@ -20,6 +20,7 @@ class ExamType(msgspec.Struct, frozen=True):
     contrast: str | None
     anaesthesia: bool
     prep_text: str
+    tags: list[str] = msgspec.field(default_factory=list)
 
 
 class Resource(msgspec.Struct, frozen=True):

@@ -161,6 +161,7 @@ async def test_redis_gone_gives_a_clear_503_and_writes_nothing(services: Service
         hospital_id="h1",
         hold_ttl_s=60,
         commit_margin_s=10,
+        rules=services.rules,
     )
     with pytest.raises(CacheUnavailable) as err:
         await broken.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
@@ -203,6 +204,7 @@ async def test_postgres_gone_mid_booking_leaves_the_hold_to_the_reaper(
         hospital_id="h1",
         hold_ttl_s=60,
         commit_margin_s=10,
+        rules=services.rules,
     )
     with pytest.raises(DatabaseUnavailable) as err:
         await dying.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])

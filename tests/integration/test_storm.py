@@ -166,6 +166,7 @@ async def test_refusals_of_a_full_slot_are_answered_by_redis_alone(services: Ser
         hospital_id="h1",
         hold_ttl_s=60,
         commit_margin_s=10,
+        rules=services.rules,
     )
     gate_only._slot_day.update(services.booking._slot_day)  # slots seen before: their day is known
     reasons = []
