@@ -17,6 +17,7 @@ from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
 from app.planning.catalogue import Catalogue
+from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
 from app.security.sessions import SessionManager
 from app.settings import Settings
@@ -61,6 +62,7 @@ class Services:
             commit_margin_s=b.commit_margin_s,
             rules=self.rules,
         )
+        self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s

@@ -10,6 +10,7 @@ from app.api.routing import Call, api_route
 from app.booking.service import BookedAppointment, BookItem, check_patient_access
 from app.db import booking_repo, patient_repo
 from app.errors import NotFound
+from app.planning.rule_service import Override
 
 BOOKERS = frozenset({"doctor", "nurse", "clerk", "patient", "sys_admin"})
 READERS = frozenset({"doctor", "nurse", "clerk", "technician", "dept_admin", "sys_admin", "patient"})
@@ -24,11 +25,22 @@ class BookItemBody(msgspec.Struct, forbid_unknown_fields=True):
     slot_id: Id
 
 
+class OverrideBody(msgspec.Struct, forbid_unknown_fields=True):
+    """Set aside a warning rule (only roles the rule names may), with the reason recorded."""
+
+    rule_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    reason: Annotated[str, msgspec.Meta(min_length=2, max_length=500)]
+
+
+Overrides = Annotated[list[OverrideBody], msgspec.Meta(max_length=20)]
+
+
 class BookBody(msgspec.Struct, forbid_unknown_fields=True):
     patient_id: Id
     channel: Channel
     items: Annotated[list[BookItemBody], msgspec.Meta(min_length=1, max_length=10)]
     reason: Reason = ""
+    overrides: Overrides = msgspec.field(default_factory=list)
 
 
 class BookReply(msgspec.Struct):
@@ -50,6 +62,11 @@ class RescheduleBody(msgspec.Struct, forbid_unknown_fields=True):
     slot_id: Id
     channel: Channel
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+    overrides: Overrides = msgspec.field(default_factory=list)
+
+
+def overrides_of(body: list[OverrideBody]) -> list[Override]:
+    return [Override(o.rule_id, o.reason) for o in body]
 
 
 class RescheduleReply(msgspec.Struct):
@@ -60,7 +77,9 @@ class RescheduleReply(msgspec.Struct):
 async def book(call: Call) -> BookReply:
     b: BookBody = call.body
     items = [BookItem(i.order_id, i.slot_id) for i in b.items]
-    booked = await call.services.booking.book(call.staff, b.patient_id, b.channel, items, b.reason)
+    booked = await call.services.booking.book(
+        call.staff, b.patient_id, b.channel, items, b.reason, overrides_of(b.overrides)
+    )
     return BookReply(booked)
 
 
@@ -74,7 +93,9 @@ async def cancel(call: Call) -> CancelReply:
 async def reschedule(call: Call) -> RescheduleReply:
     b: RescheduleBody = call.body
     appointment_id = call.path_int("appointment_id")
-    moved = await call.services.booking.reschedule(call.staff, appointment_id, b.slot_id, b.channel, b.reason)
+    moved = await call.services.booking.reschedule(
+        call.staff, appointment_id, b.slot_id, b.channel, b.reason, overrides_of(b.overrides)
+    )
     return RescheduleReply(appointment_id, moved)
 
 
