@@ -51,7 +51,13 @@ class Services:
         self.reconciler = Reconciler(
             pool, self.store, hospital_id=b.hospital_id, timezone=b.timezone, horizon_days=b.horizon_days
         )
-        self.rules = RuleService(pool, lambda: self.catalogue, hospital_id=b.hospital_id, tz=ZoneInfo(b.timezone))
+        self.rules = RuleService(
+            pool,
+            lambda: self.catalogue,
+            hospital_id=b.hospital_id,
+            tz=ZoneInfo(b.timezone),
+            refresh_catalogue=self.reload_catalogue,
+        )
         self.booking = BookingService(
             pool,
             self.store,

@@ -1105,11 +1105,6 @@ def _gap_after(checker: Checker, x: ExamType, y: ExamType) -> int:
     return gap
 
 
-def _last_end(days: _Days) -> int:
-    """The latest end among an exam's candidates."""
-    return max((max(x.e for x in lst) for lst in days.values()), default=0)
-
-
 def _clique(apart: list[list[bool]]) -> int:
     """The largest set of exams that pairwise can never share a day (a lower bound on the days)."""
     n = len(apart)

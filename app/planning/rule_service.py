@@ -8,7 +8,7 @@ round trip together with the patient's booking version, which the commit then ve
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -77,9 +77,11 @@ class RuleService:
         tz: ZoneInfo,
         cache_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        refresh_catalogue: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.pool = pool
         self.catalogue = catalogue
+        self.refresh_catalogue = refresh_catalogue
         self.hospital_id = hospital_id
         self.tz = tz
         self.cache_s = cache_s
@@ -133,9 +135,26 @@ class RuleService:
             campus_id=cat.resources[p.resource_id].campus_id,
         )
 
+    async def _ensure_known(self, proposed: Sequence[ProposedExam]) -> None:
+        """An exam type or resource added to PostgreSQL after this worker loaded its catalogue is
+        picked up by reloading it once; one still unknown is an inactive one."""
+
+        def unknown() -> list[str]:
+            cat = self.catalogue()
+            return [p.exam_code for p in proposed if p.exam_code not in cat.exam_types] + [
+                p.resource_id for p in proposed if p.resource_id not in cat.resources
+            ]
+
+        if unknown() and self.refresh_catalogue is not None:
+            await self.refresh_catalogue()
+        missing = unknown()
+        if missing:
+            raise ValidationFailed("检查项目或设备已停用", detail=f"inactive exam types or resources: {missing}")
+
     async def violations(
         self, patient_id: int, proposed: Sequence[ProposedExam], *, exclude_appointment: int | None = None
     ) -> tuple[RuleContext, list[Violation]]:
+        await self._ensure_known(proposed)
         checker = await self.checker()
         reach = self.reach(checker)
         start = datetime.fromtimestamp(min(p.starts_at for p in proposed), UTC) - reach

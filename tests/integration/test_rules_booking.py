@@ -213,3 +213,26 @@ async def test_a_commit_with_a_stale_patient_version_is_refused(services: Servic
             version=version,
         )
     assert await services.pool.fetchval("SELECT count(*) FROM appointment WHERE order_id = $1", o2) == 0
+
+
+async def test_a_resource_added_after_start_up_is_booked_without_a_restart(services: Services) -> None:
+    """A room added straight in PostgreSQL (the worker's catalogue does not know it yet) is picked
+    up by the rule check instead of failing the booking."""
+    clerk = await actor_for(services, "clerk")
+    day = future_day(services, 2)
+    await services.pool.execute(
+        """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name)
+           VALUES ('ECG-NEW', 'h1', 'ECG', 'main', 'room', 'ECG', '心电新诊室')"""
+    )
+    await services.pool.execute("INSERT INTO exam_capability VALUES ('ECG-REST', 'ECG-NEW')")
+    slot = await services.pool.fetchval(
+        """INSERT INTO slot (hospital_id, resource_id, day, starts_at, ends_at, capacity)
+           SELECT 'h1', 'ECG-NEW', day, starts_at, ends_at, 3 FROM slot
+            WHERE resource_id = 'ECG1' AND day = $1 ORDER BY starts_at LIMIT 1 RETURNING id""",
+        day,
+    )
+    await services.reconciler.reconcile_day(day)
+    assert "ECG-NEW" not in services.catalogue.resources
+    [(pid, [order])] = await new_patients_with_orders(services.pool, 1, ["ECG-REST"])
+    [booked] = await services.booking.book(clerk, pid, "desk", [BookItem(order, slot)])
+    assert booked.resource_id == "ECG-NEW" and "ECG-NEW" in services.catalogue.resources
