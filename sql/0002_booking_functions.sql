@@ -13,6 +13,25 @@
 
 -- Book a bundle. p_items: [{"order_id": 1, "slot_id": 2, "pool": "open", "hold_id": "..."}, ...]
 -- (a bundle across days has one Redis hold per day; an item without hold_id takes p_hold_id)
+-- Every booking of a patient bumps the patient's booking_version; a caller that checked the rules
+-- against version p_version commits only if nobody booked for the patient since (PATIENT_CHANGED).
+-- The rule overrides the check accepted are recorded here, in the booking's transaction.
+CREATE FUNCTION hy_claim_patient(
+    p_patient_id bigint, p_version bigint, p_overrides jsonb, p_actor_id bigint, p_actor_role text
+) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE patient AS pt SET booking_version = pt.booking_version + 1
+     WHERE pt.id = p_patient_id AND (p_version IS NULL OR pt.booking_version = p_version);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'PATIENT_CHANGED' USING DETAIL = p_patient_id::text;
+    END IF;
+    INSERT INTO rule_override (order_id, rule_id, reason, actor_id, actor_role)
+    SELECT (o ->> 'order_id')::bigint, o ->> 'rule_id', o ->> 'reason', p_actor_id, p_actor_role
+      FROM jsonb_array_elements(COALESCE(p_overrides, '[]'::jsonb)) AS o;
+END;
+$$;
+
 -- p_version: the patient's booking_version the rule check saw (NULL: no check).
 -- p_overrides: [{"order_id": 1, "rule_id": "R09", "reason": "..."}], recorded in rule_override.
 CREATE FUNCTION hy_book(
@@ -30,14 +49,7 @@ BEGIN
     IF clock_timestamp() > p_deadline THEN
         RAISE EXCEPTION 'HOLD_EXPIRED';
     END IF;
-    UPDATE patient AS pt SET booking_version = pt.booking_version + 1
-     WHERE pt.id = p_patient_id AND (p_version IS NULL OR pt.booking_version = p_version);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'PATIENT_CHANGED' USING DETAIL = p_patient_id::text;
-    END IF;
-    INSERT INTO rule_override (order_id, rule_id, reason, actor_id, actor_role)
-    SELECT (o ->> 'order_id')::bigint, o ->> 'rule_id', o ->> 'reason', p_actor_id, p_actor_role
-      FROM jsonb_array_elements(COALESCE(p_overrides, '[]'::jsonb)) AS o;
+    PERFORM hy_claim_patient(p_patient_id, p_version, p_overrides, p_actor_id, p_actor_role);
     FOR item IN SELECT * FROM jsonb_array_elements(p_items) LOOP
         UPDATE slot AS t SET booked = t.booked + 1
          WHERE t.id = (item ->> 'slot_id')::bigint AND t.status = 'open' AND t.booked < t.capacity
@@ -130,14 +142,7 @@ BEGIN
     IF clock_timestamp() > p_deadline THEN
         RAISE EXCEPTION 'HOLD_EXPIRED';
     END IF;
-    UPDATE patient AS pt SET booking_version = pt.booking_version + 1
-     WHERE pt.id = p_patient_id AND (p_version IS NULL OR pt.booking_version = p_version);
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'PATIENT_CHANGED' USING DETAIL = p_patient_id::text;
-    END IF;
-    INSERT INTO rule_override (order_id, rule_id, reason, actor_id, actor_role)
-    SELECT (o ->> 'order_id')::bigint, o ->> 'rule_id', o ->> 'reason', p_actor_id, p_actor_role
-      FROM jsonb_array_elements(COALESCE(p_overrides, '[]'::jsonb)) AS o;
+    PERFORM hy_claim_patient(p_patient_id, p_version, p_overrides, p_actor_id, p_actor_role);
     UPDATE appointment AS t SET status = 'rescheduled', ended_at = now(), end_reason = p_reason
      WHERE t.id = p_appointment_id AND t.status = 'booked'
        AND (p_patient_id IS NULL OR t.patient_id = p_patient_id)

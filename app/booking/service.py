@@ -16,8 +16,9 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, date, datetime
+from typing import TypeVar
 
 import asyncpg
 import msgspec
@@ -42,6 +43,8 @@ from app.security.actor import Actor
 from realtime.publisher import EventPublisher
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 CHANNELS = ("clinic", "desk", "self", "ward", "emergency", "checkup")
 
@@ -103,6 +106,18 @@ def _reason_error(reasons: Sequence[str], slot_ids: Sequence[int]) -> SlotUnavai
         reason=top,
         slots=[{"slot_id": s, "reason": r} for s, r in zip(slot_ids, reasons, strict=True)],
     )
+
+
+async def _until_patient_settles(attempt: Callable[[], Awaitable[T]]) -> T:
+    """Run a booking step; when another booking of the same patient committed after its rule
+    check (PatientChanged), check and try again, a few times."""
+    for n in range(PATIENT_RETRIES):
+        try:
+            return await attempt()
+        except PatientChanged:
+            if n == PATIENT_RETRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _check_shape(items: Sequence[BookItem]) -> None:
@@ -168,14 +183,9 @@ class BookingService:
         check_channel(actor, channel)
         check_patient_access(actor, patient_id)
         _check_shape(items)
-        for attempt in range(PATIENT_RETRIES):
-            try:
-                return await self._book_once(actor, patient_id, channel, items, reason, overrides)
-            except PatientChanged:
-                # Another booking of this patient committed after our rule check: check again.
-                if attempt == PATIENT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return await _until_patient_settles(
+            lambda: self._book_once(actor, patient_id, channel, items, reason, overrides)
+        )
 
     async def _book_once(
         self,
@@ -290,13 +300,9 @@ class BookingService:
     ) -> BookedAppointment:
         """Move a live appointment to another slot: take the new place first, then give back the old."""
         check_channel(actor, channel)
-        for attempt in range(PATIENT_RETRIES):
-            try:
-                return await self._reschedule_once(actor, appointment_id, new_slot_id, channel, reason, overrides)
-            except PatientChanged:
-                if attempt == PATIENT_RETRIES - 1:
-                    raise
-        raise AssertionError("unreachable")
+        return await _until_patient_settles(
+            lambda: self._reschedule_once(actor, appointment_id, new_slot_id, channel, reason, overrides)
+        )
 
     async def _reschedule_once(
         self,

@@ -36,33 +36,35 @@ async def load_rule_specs(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: 
     ]
 
 
+_INSERT_RULE = """INSERT INTO booking_rule (hospital_id, id, kind, severity, enabled, a, b, params, message,
+                                       override_roles, updated_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"""
+
+
+def _rule_row(hospital_id: str, s: RuleSpec, actor_id: int | None) -> tuple[Any, ...]:
+    b = msgspec.to_builtins(s.b) if s.b is not None else None
+    return (
+        hospital_id,
+        s.id,
+        s.kind,
+        s.severity,
+        s.enabled,
+        msgspec.to_builtins(s.a),
+        b,
+        s.params,
+        s.message,
+        list(s.override_roles),
+        actor_id,
+    )
+
+
 async def replace_rules(
     conn: asyncpg.Connection, hospital_id: str, specs: Sequence[RuleSpec], actor_id: int | None
 ) -> None:
     """Make the hospital's rule table exactly `specs` (an import), in the caller's transaction."""
     async with database_errors():
         await conn.execute("DELETE FROM booking_rule WHERE hospital_id = $1", hospital_id)
-        await conn.executemany(
-            """INSERT INTO booking_rule (hospital_id, id, kind, severity, enabled, a, b, params, message,
-                                         override_roles, updated_by)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)""",
-            [
-                (
-                    hospital_id,
-                    s.id,
-                    s.kind,
-                    s.severity,
-                    s.enabled,
-                    msgspec.to_builtins(s.a),
-                    msgspec.to_builtins(s.b) if s.b is not None else None,
-                    s.params,
-                    s.message,
-                    list(s.override_roles),
-                    actor_id,
-                )
-                for s in specs
-            ],
-        )
+        await conn.executemany(_INSERT_RULE, [_rule_row(hospital_id, s, actor_id) for s in specs])
 
 
 async def upsert_rule(
@@ -70,24 +72,12 @@ async def upsert_rule(
 ) -> None:
     async with database_errors():
         await conn.execute(
-            """INSERT INTO booking_rule (hospital_id, id, kind, severity, enabled, a, b, params, message,
-                                         override_roles, updated_by)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-               ON CONFLICT (hospital_id, id) DO UPDATE SET
+            _INSERT_RULE
+            + """ ON CONFLICT (hospital_id, id) DO UPDATE SET
                    kind = EXCLUDED.kind, severity = EXCLUDED.severity, enabled = EXCLUDED.enabled, a = EXCLUDED.a,
                    b = EXCLUDED.b, params = EXCLUDED.params, message = EXCLUDED.message,
                    override_roles = EXCLUDED.override_roles, updated_by = EXCLUDED.updated_by, updated_at = now()""",
-            hospital_id,
-            s.id,
-            s.kind,
-            s.severity,
-            s.enabled,
-            msgspec.to_builtins(s.a),
-            msgspec.to_builtins(s.b) if s.b is not None else None,
-            s.params,
-            s.message,
-            list(s.override_roles),
-            actor_id,
+            *_rule_row(hospital_id, s, actor_id),
         )
 
 
