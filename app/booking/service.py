@@ -200,7 +200,7 @@ class BookingService:
         await self._gate(channel, [i.slot_id for i in items], now)
         checked = await self._check_items(patient_id, items)
         outcome = await self.rules.check(actor, patient_id, [c.proposed for c in checked], overrides)
-        expires_ms = int((now + self.hold_ttl_s) * 1000)
+        expires_ms, deadline = self._hold_window(now)
         base = uuid.uuid4().hex
         by_day: dict[date, list[_Checked]] = defaultdict(list)
         for c in checked:
@@ -234,7 +234,6 @@ class BookingService:
             }
             for c in checked
         ]
-        deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
         try:
             rows = await booking_repo.book(
                 self.pool,
@@ -338,6 +337,7 @@ class BookingService:
         )
         outcome = await self.rules.check(actor, patient_id, [proposed], overrides, exclude_appointment=appointment_id)
         now = self.clock()
+        expires_ms, deadline = self._hold_window(now)
         hold_id = uuid.uuid4().hex
         replacing = int(appt["slot_id"]) if appt["day"] == new_day else None
         result = await self.store.grab(
@@ -347,12 +347,11 @@ class BookingService:
             channel,
             [GrabItem(new_slot_id, appt["exam_code"], appt["order_id"])],
             int(now * 1000),
-            int((now + self.hold_ttl_s) * 1000),
+            expires_ms,
             replacing_slot_id=replacing,
         )
         if not result.ok:
             raise _reason_error(result.reasons, [new_slot_id])
-        deadline = datetime.fromtimestamp(now + self.hold_ttl_s - self.commit_margin_s, UTC)
         try:
             row = await booking_repo.reschedule(
                 self.pool,
@@ -388,6 +387,12 @@ class BookingService:
         )
 
     # -- helpers -----------------------------------------------------------------------------
+
+    def _hold_window(self, now: float) -> tuple[int, datetime]:
+        """When a hold taken now expires (epoch ms), and the last moment PostgreSQL may commit its
+        booking: `commit_margin_s` earlier, so the reaper never frees a hold whose commit is on its way."""
+        expires = now + self.hold_ttl_s
+        return int(expires * 1000), datetime.fromtimestamp(expires - self.commit_margin_s, UTC)
 
     async def _slot_days(self, slot_ids: Sequence[int]) -> dict[int, date]:
         """The day of each slot. A slot's day never changes, so it is remembered in memory and a
