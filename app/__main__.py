@@ -97,6 +97,10 @@ async def _with_services(settings: Settings, urls: Urls, what: str, **kw: object
         if what == "reap":
             await sweep_once(services)
             return None
+        if what == "demo-bookings":
+            from app.demo.bookings import book_demo_patients
+
+            return await book_demo_patients(services)
         raise ValueError(what)
     finally:
         await services.close()
@@ -117,12 +121,16 @@ def prepare(settings: Settings, urls: Urls, *, demo: bool) -> None:
     applied = asyncio.run(_migrate(urls.database))
     if applied:
         logger.info("migrations applied: %s", applied)
-    if demo and asyncio.run(_seed(urls.database)):
+    seeded = demo and asyncio.run(_seed(urls.database))
+    if seeded:
         logger.info("demo hospital seeded")
     report = asyncio.run(_with_services(settings, urls, "generate"))
     logger.info("slots generated: %s", report)
     asyncio.run(_with_services(settings, urls, "reconcile"))
     logger.info("availability index rebuilt from PostgreSQL")
+    if seeded:
+        booked = asyncio.run(_with_services(settings, urls, "demo-bookings"))
+        logger.info("demo: %s appointments booked through the planner for half of the demo patients", booked)
 
 
 def _exit_on_sigterm() -> None:

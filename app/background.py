@@ -17,7 +17,9 @@ logger = logging.getLogger(__name__)
 
 async def sweep_once(services: Services) -> None:
     await services.reconciler.reconcile_dirty()
-    report = await reap_expired(services.pool, services.store, services.reconciler, int(time.time() * 1000))
+    report = await reap_expired(
+        services.pool, services.store, services.reconciler, int(time.time() * 1000), publisher=services.publisher
+    )
     if report.released or report.confirmed:
         logger.info("reaper: released %d, confirmed %d", report.released, report.confirmed)
 

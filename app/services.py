@@ -21,6 +21,8 @@ from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
 from app.security.sessions import SessionManager
 from app.settings import Settings
+from dashboards.metrics import compute as compute_metrics
+from realtime.live import Live
 from realtime.publisher import EventPublisher
 
 logger = logging.getLogger(__name__)
@@ -49,7 +51,12 @@ class Services:
         self.store = SlotStore(redis, self.keys)
         self.publisher = EventPublisher(redis, self.keys)
         self.reconciler = Reconciler(
-            pool, self.store, hospital_id=b.hospital_id, timezone=b.timezone, horizon_days=b.horizon_days
+            pool,
+            self.store,
+            hospital_id=b.hospital_id,
+            timezone=b.timezone,
+            horizon_days=b.horizon_days,
+            publisher=self.publisher,
         )
         self.rules = RuleService(
             pool,
@@ -73,6 +80,13 @@ class Services:
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )
+        self.live = Live(
+            redis,
+            self.keys,
+            lambda day: compute_metrics(pool, self.catalogue, b.hospital_id, b.timezone, day),
+            lambda: self.catalogue,
+            queue_size=settings.server.live_queue,
+        )
 
     @classmethod
     async def open(cls, settings: Settings, database_url: str, redis_url: str) -> Services:
@@ -90,5 +104,6 @@ class Services:
         self.catalogue = await catalogue_repo.load_catalogue(self.pool, self.settings.booking.hospital_id)
 
     async def close(self) -> None:
+        await self.live.close()
         await self.pool.close()
         await self.redis.aclose()

@@ -34,6 +34,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     port: int = 8000
     workers: int = 1
     log_level: str = "info"
+    # Events a live screen may fall behind by before it is dropped as too slow (realtime/hub.py).
+    live_queue: int = 256
 
 
 class SecuritySettings(msgspec.Struct, frozen=True):
@@ -95,6 +97,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             port=_int(env, "HY_PORT", 8000),
             workers=_int(env, "HY_WORKERS", 1),
             log_level=env.get("HY_LOG_LEVEL", "info"),
+            live_queue=_int(env, "HY_LIVE_QUEUE", 256),
         ),
         security=SecuritySettings(session_ttl_s=_int(env, "HY_SESSION_TTL_S", 8 * 3600)),
         booking=BookingSettings(

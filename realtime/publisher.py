@@ -2,11 +2,20 @@
 
 Publishing is best effort: live screens that miss an event see a gap in the sequence numbers and
 reload a snapshot, so a failed publish never fails the booking that caused it.
+
+Two kinds of topic:
+* ``grid:<department>:<day>`` — the live slot grid. `slots_changed` publishes the new state of the
+  changed slots, per department, numbered from the department-day's counter (app/booking/lua/grid.lua),
+  so every screen of a department sees the same numbered deltas and can check them against a
+  snapshot read from the same counter (realtime/grid.py).
+* anything else (`publish`): a JSON event numbered by a per-topic counter (publish.lua).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from datetime import date
 from importlib import resources
 from typing import Any
 
@@ -18,13 +27,20 @@ from app.booking.keys import KeyBuilder
 
 logger = logging.getLogger(__name__)
 
+# The booking channels whose places the grid shows (app/booking/service.py::CHANNELS).
+GRID_CHANNELS = ("clinic", "desk", "self", "ward", "emergency", "checkup")
+
+
+def lua_source(name: str) -> str:
+    return resources.files("app.booking").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
 
 class EventPublisher:
     def __init__(self, client: aioredis.Redis, keys: KeyBuilder) -> None:
         self.client = client
         self.keys = keys
-        source = resources.files("app.booking").joinpath("lua", "publish.lua").read_text(encoding="utf-8")
-        self._publish = client.register_script(source)
+        self._publish = client.register_script(lua_source("publish"))
+        self._grid = client.register_script(lua_source("grid"))
 
     async def publish(self, topic: str, event: dict[str, Any]) -> int | None:
         """Send `event` on `topic`, numbered by a per-topic sequence; returns the number, or None
@@ -36,3 +52,26 @@ class EventPublisher:
             logger.warning("publish to %s failed: %s", topic, type(exc).__name__)
             return None
         return int(seq)
+
+    async def slots_changed(self, day: date, slot_ids: Sequence[int], event: str) -> int:
+        """Publish the current state of `slot_ids` (one day) to their departments' grid topics;
+        returns how many messages went out (0 when Redis did not take them)."""
+        if not slot_ids:
+            return 0
+        k = self.keys.day(day)
+        ids = sorted(set(slot_ids))
+        args: list[Any] = [
+            "publish",
+            self.keys.events_channel("grid:"),
+            day.isoformat(),
+            k.grid_seq(""),
+            event,
+            ",".join(GRID_CHANNELS),
+            *ids,
+        ]
+        try:
+            sent = await self._grid(keys=[k.slot(s) for s in ids], args=args)
+        except (RedisError, OSError) as exc:
+            logger.warning("grid publish for %s failed: %s", day, type(exc).__name__)
+            return 0
+        return int(sent)

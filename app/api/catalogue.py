@@ -57,6 +57,19 @@ async def departments(call: Call) -> list[Department]:
     return list(call.services.catalogue.departments.values())
 
 
+class HospitalClock(msgspec.Struct):
+    hospital_id: str
+    timezone: str  # every local time on screens is shown in this zone, wherever the browser is
+    today: date
+    horizon_days: int
+
+
+async def hospital(call: Call) -> HospitalClock:
+    s = call.services
+    b = s.settings.booking
+    return HospitalClock(b.hospital_id, b.timezone, s.reconciler.today(), b.horizon_days)
+
+
 async def resources(call: Call) -> list[dict[str, Any]]:
     cat = call.services.catalogue
     exams_of: dict[str, list[str]] = {rid: [] for rid in cat.resources}
@@ -88,6 +101,14 @@ async def availability(call: Call) -> AvailabilityReply:
 
 
 routes = [
+    api_route(
+        "/api/v1/hospital",
+        hospital,
+        roles=ANY_ROLE,
+        summary="The hospital's time zone, today's date there and the booking horizon",
+        tag="catalogue",
+        response=HospitalClock,
+    ),
     api_route(
         "/api/v1/exam-types",
         exam_types,

@@ -7,19 +7,22 @@ plain data. The declarations also feed the OpenAPI document and the route-table 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 
 import msgspec
 import orjson
-from starlette.requests import Request
+from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.errors import BadRequest, Forbidden, NotAuthenticated, ValidationFailed
+from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, ValidationFailed
 from app.security.actor import ROLES, Actor
 from app.services import Services
+from realtime.stream import CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED, CLOSE_TRY_LATER, close_quietly
 
 PUBLIC = "public"
 ANY_ROLE = frozenset(ROLES)
@@ -37,7 +40,7 @@ class RouteSpec(msgspec.Struct, frozen=True):
     query: Any = None
     response: Any = None
     status: int = 200
-    kind: str = "api"  # "page" for HTML pages, left out of the OpenAPI document
+    kind: str = "api"  # "page" for HTML pages, "ws" for WebSockets; both left out of the OpenAPI document
 
 
 class Call(msgspec.Struct):
@@ -92,7 +95,7 @@ def json_response(data: Any, status: int = 200) -> Response:
     return Response(body, status_code=status, media_type="application/json")
 
 
-def bearer_token(request: Request) -> str | None:
+def bearer_token(request: HTTPConnection) -> str | None:
     header = request.headers.get("authorization", "")
     if header[:7].lower() == "bearer " and header[7:].strip():
         return header[7:].strip()
@@ -125,7 +128,7 @@ def _decode_query(request: Request, query_type: Any) -> Any:
         raise ValidationFailed(_validation_message(exc), detail=f"query: {exc}") from exc
 
 
-def client_ip(request: Request) -> str:
+def client_ip(request: HTTPConnection) -> str:
     return request.client.host if request.client else ""
 
 
@@ -187,4 +190,61 @@ def page_route(
     allowed = frozenset({roles}) if isinstance(roles, str) else roles
     route = Route(path, endpoint, methods=["GET"], name=endpoint.__name__)
     route.spec = RouteSpec(path, ("GET",), allowed, summary, "pages", kind="page")  # type: ignore[attr-defined]
+    return route
+
+
+SocketHandler = Callable[[WebSocket, Actor, Services], Awaitable[None]]
+AUTH_WAIT_S = 5.0
+
+
+async def _socket_token(ws: WebSocket) -> str | None:
+    """The session token: an Authorization header or the session cookie, else the first frame
+    ``{"type": "auth", "token": "..."}`` within AUTH_WAIT_S (browsers cannot set headers on a
+    WebSocket, and a token in the URL would end up in access logs)."""
+    token = bearer_token(ws)
+    if token is not None:
+        return token
+    try:
+        first = await asyncio.wait_for(ws.receive_text(), AUTH_WAIT_S)
+        message = orjson.loads(first)
+    except (TimeoutError, orjson.JSONDecodeError, KeyError, RuntimeError, WebSocketDisconnect):
+        return None
+    if isinstance(message, dict) and message.get("type") == "auth" and isinstance(message.get("token"), str):
+        return str(message["token"])
+    return None
+
+
+def ws_route(path: str, handler: SocketHandler, *, roles: frozenset[str], summary: str) -> WebSocketRoute:
+    """A WebSocket route: the session is checked on connect (close 4401 / 4403, see
+    realtime/stream.py for the codes), then `handler` serves the socket; an AppError it raises
+    closes the socket with 4400 (the caller's mistake) or 1013 (try again later)."""
+    if not roles or PUBLIC in roles or roles - ANY_ROLE:
+        raise ValueError(f"socket {path} must name known roles")
+    spec = RouteSpec(path, ("WS",), roles, summary, "live", kind="ws")
+
+    async def endpoint(ws: WebSocket) -> None:
+        services: Services = ws.app.state.services
+        await ws.accept()
+        token = await _socket_token(ws)
+        if token is None:
+            await close_quietly(ws, CLOSE_NOT_AUTHENTICATED, "not_authenticated")
+            return
+        try:
+            actor = await services.sessions.resolve(token, client_ip(ws))
+        except AppError as exc:
+            code = CLOSE_NOT_AUTHENTICATED if isinstance(exc, NotAuthenticated) else CLOSE_TRY_LATER
+            await close_quietly(ws, code, exc.code)
+            return
+        if not actor.roles & roles:
+            await close_quietly(ws, CLOSE_FORBIDDEN, "forbidden")
+            return
+        try:
+            await handler(ws, actor, services)
+        except AppError as exc:
+            await close_quietly(ws, CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_LATER, exc.code)
+        except WebSocketDisconnect:
+            pass
+
+    route = WebSocketRoute(path, endpoint, name=handler.__name__)
+    route.spec = spec  # type: ignore[attr-defined]
     return route

@@ -23,6 +23,7 @@ class SlotRow(msgspec.Struct, frozen=True):
     quotas: dict[str, int]
     booked: int
     status: str
+    department_id: str = ""  # for the live grids: events are published per department-day
 
 
 class BookedRow(msgspec.Struct, frozen=True):
@@ -69,6 +70,7 @@ class DayIndex(msgspec.Struct, frozen=True):
                 "e": str(s.ends_at),
                 "r": s.resource_id,
                 "st": s.status,
+                "d": s.department_id,
                 "cap": str(s.capacity),
                 "b": str(s.booked),
                 "o": str(max(0, s.capacity - reserved - used[(s.slot_id, "open")])),

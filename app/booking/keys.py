@@ -24,7 +24,7 @@ class DayKeys(msgspec.Struct, frozen=True):
         return f"{self.prefix}:{{{self.hospital_id}:{self.day.isoformat()}}}"
 
     def slot(self, slot_id: int) -> str:
-        """Hash: s, e (epoch s), r (resource), st (open|closed), cap, b (booked), o (open pool left),
+        """Hash: s, e (epoch s), r (resource), d (department), st (open|closed), cap, b (booked), o (open pool left),
         q:<channel> (reserved places left), lk:* and lk:<channel> (lock counts)."""
         return f"{self.tag}:slot:{slot_id}"
 
@@ -50,6 +50,10 @@ class DayKeys(msgspec.Struct, frozen=True):
         """Set of every key of the day, so reconcile can replace the day whole."""
         return f"{self.tag}:keys"
 
+    def grid_seq(self, department_id: str) -> str:
+        """Counter numbering the live-grid events of one department that day."""
+        return f"{self.tag}:gseq:{department_id}"
+
     @property
     def version(self) -> str:
         """Counter bumped by every reconcile of the day."""
@@ -65,6 +69,11 @@ class KeyBuilder(msgspec.Struct, frozen=True):
 
     def session(self, token_hash: str) -> str:
         return f"{self.prefix}:sess:{token_hash}"
+
+    @property
+    def events_prefix(self) -> str:
+        """What every pub/sub channel of the hospital starts with (the hub subscribes to it)."""
+        return f"{self.prefix}:ev:{self.hospital_id}:"
 
     def events_channel(self, topic: str) -> str:
         """Pub/sub channel for live screens, e.g. topic 'slots:2026-12-01'."""

@@ -122,6 +122,4 @@ class PoolAdmin:
                 # the index catches up when Redis answers again.
                 self.reconciler.mark_dirty(day)
                 continue
-            await self.publisher.publish(
-                f"slots:{day.isoformat()}", {"event": "lock" if lock else "unlock", "slot_ids": ids}
-            )
+            await self.publisher.slots_changed(day, ids, "lock" if lock else "unlock")

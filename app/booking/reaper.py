@@ -10,6 +10,7 @@ import msgspec
 from app.booking.reconcile import Reconciler
 from app.booking.slot_store import SlotStore
 from app.db import booking_repo
+from realtime.publisher import EventPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ async def reap_expired(
     *,
     grace_ms: int = 5_000,
     lease_ms: int = 30_000,
+    publisher: EventPublisher | None = None,
 ) -> ReapReport:
     """One sweep over the horizon's days. A hold is touched only `grace_ms` after its expiry,
     and PostgreSQL refuses commits `commit_margin_s` before it, so no commit can still be on its
@@ -47,7 +49,10 @@ async def reap_expired(
                 report.confirmed += 1
                 logger.info("reaper confirmed committed hold %s", hold_id)
             else:
-                await store.release(day, hold_id, hold.patient_id, [slot_id for slot_id, _ in hold.items])
+                slot_ids = [slot_id for slot_id, _ in hold.items]
+                await store.release(day, hold_id, hold.patient_id, slot_ids)
+                if publisher is not None:
+                    await publisher.slots_changed(day, slot_ids, "released")
                 report.released += 1
                 logger.info("reaper released hold %s", hold_id)
     return report

@@ -12,6 +12,7 @@ import asyncpg
 from app.booking.slot_store import SlotStore
 from app.db import booking_repo
 from app.errors import AppError
+from realtime.publisher import EventPublisher
 
 logger = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ class Reconciler:
         timezone: str,
         horizon_days: int,
         now: Callable[[], datetime] = datetime.now,
+        publisher: EventPublisher | None = None,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -37,6 +39,7 @@ class Reconciler:
         self.horizon_days = horizon_days
         self.now = now
         self.dirty: set[date] = set()
+        self.publisher = publisher  # the live grids hear of every rebuilt day
 
     def today(self) -> date:
         return self.now().astimezone(self.tz).date()
@@ -51,6 +54,8 @@ class Reconciler:
         index = await booking_repo.day_index(self.pool, self.hospital_id, day)
         await self.store.replace_day(index)
         self.dirty.discard(day)
+        if self.publisher is not None:
+            await self.publisher.slots_changed(day, [s.slot_id for s in index.slots], "reconciled")
         return len(index.slots)
 
     async def reconcile_day_safely(self, day: date) -> None:

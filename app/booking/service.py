@@ -257,7 +257,7 @@ class BookingService:
 
         for day, hold_id, _ in holds:
             await self._confirm(day, hold_id, patient_id)
-        await self._publish_days({day for day, _, _ in holds}, "booked", [c.item.slot_id for c in checked])
+        await self._publish("booked", [(c.day, c.item.slot_id) for c in checked])
         return [
             BookedAppointment(
                 appointment_id=r["appointment_id"],
@@ -285,7 +285,7 @@ class BookingService:
             reason=reason,
         )
         await self._return_place(row["day"], row["slot_id"], appt["patient_id"], row["pool"])
-        await self._publish_days({row["day"]}, "cancelled", [row["slot_id"]])
+        await self._publish("cancelled", [(row["day"], row["slot_id"])])
         return int(row["slot_id"])
 
     async def reschedule(
@@ -374,7 +374,7 @@ class BookingService:
             raise
         await self._confirm(new_day, hold_id, patient_id)
         await self._return_place(row["old_day"], row["old_slot_id"], patient_id, row["old_pool"])
-        await self._publish_days({new_day, row["old_day"]}, "rescheduled", [new_slot_id, row["old_slot_id"]])
+        await self._publish("rescheduled", [(new_day, new_slot_id), (row["old_day"], row["old_slot_id"])])
         return BookedAppointment(
             appointment_id=row["appointment_id"],
             order_id=appt["order_id"],
@@ -471,12 +471,16 @@ class BookingService:
         holds: Sequence[tuple[date, str, Sequence[_Checked]]],
         slot_ids: dict[str, list[int]] | None = None,
     ) -> None:
+        released: list[tuple[date, int]] = []
         for day, hold_id, group in holds:
             ids = (slot_ids or {}).get(hold_id) or [c.item.slot_id for c in group]
             try:
                 await self.store.release(day, hold_id, patient_id, ids)
             except AppError:
                 logger.warning("release of hold %s deferred to the reaper", hold_id)
+                continue
+            released += [(day, s) for s in ids]
+        await self._publish("released", released)
 
     async def _return_place(self, day: date, slot_id: int, patient_id: int, pool: str) -> None:
         try:
@@ -487,6 +491,10 @@ class BookingService:
         if not returned:
             await self.reconciler.reconcile_day_safely(day)
 
-    async def _publish_days(self, days: set[date], event: str, slot_ids: list[int]) -> None:
-        for day in sorted(days):
-            await self.publisher.publish(f"slots:{day.isoformat()}", {"event": event, "slot_ids": slot_ids})
+    async def _publish(self, event: str, slots: Sequence[tuple[date, int]]) -> None:
+        """Tell the live grids the new state of the slots (day, slot id) a change touched."""
+        by_day: dict[date, list[int]] = {}
+        for day, slot_id in slots:
+            by_day.setdefault(day, []).append(slot_id)
+        for day, ids in sorted(by_day.items()):
+            await self.publisher.slots_changed(day, ids, event)

@@ -69,7 +69,7 @@ class HoldRecord(msgspec.Struct, frozen=True):
 
 
 @asynccontextmanager
-async def _redis_errors() -> AsyncIterator[None]:
+async def redis_errors() -> AsyncIterator[None]:
     try:
         yield
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
@@ -89,11 +89,11 @@ class SlotStore:
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPT_NAMES}
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        async with _redis_errors():
+        async with redis_errors():
             return await self._scripts[name](keys=list(keys), args=list(args))
 
     async def _call(self, fn: Callable[[], Awaitable[T]]) -> T:
-        async with _redis_errors():
+        async with redis_errors():
             return await fn()
 
     # -- holds -------------------------------------------------------------------------------
@@ -174,7 +174,7 @@ class SlotStore:
         new_keys, payload = index.to_payload(k)
         body = orjson.dumps(payload).decode()
         for _ in range(attempts):
-            async with _redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
                 pipe.smembers(k.members)
                 pipe.get(k.version)
                 members, version = await pipe.execute()
@@ -190,7 +190,7 @@ class SlotStore:
     async def read_slots(self, day: date, resource_ids: Sequence[str]) -> list[SlotView]:
         """The day's slots of the given resources, in start order per resource."""
         k = self.keys.day(day)
-        async with _redis_errors():
+        async with redis_errors():
             async with self.client.pipeline(transaction=False) as pipe:
                 for rid in resource_ids:
                     pipe.zrange(k.resource_index(rid), 0, -1)
@@ -207,7 +207,7 @@ class SlotStore:
     async def read_slots_by_id(self, day: date, slot_ids: Sequence[int]) -> list[SlotView | None]:
         """The given slots of one day, in order (None where the index has no such slot)."""
         k = self.keys.day(day)
-        async with _redis_errors(), self.client.pipeline(transaction=False) as pipe:
+        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
             for sid in slot_ids:
                 pipe.hgetall(k.slot(sid))
             rows = await pipe.execute()

@@ -145,9 +145,11 @@ async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, d
                 return await day_index(c, hospital_id, day)
         async with conn.transaction(isolation="repeatable_read", readonly=True):
             slots = await conn.fetch(
-                """SELECT id, resource_id, extract(epoch FROM starts_at)::bigint AS s,
-                          extract(epoch FROM ends_at)::bigint AS e, capacity, quotas, booked, status
-                     FROM slot WHERE hospital_id = $1 AND day = $2 ORDER BY resource_id, starts_at""",
+                """SELECT s.id, s.resource_id, extract(epoch FROM s.starts_at)::bigint AS s,
+                          extract(epoch FROM s.ends_at)::bigint AS e, s.capacity, s.quotas, s.booked, s.status,
+                          r.department_id
+                     FROM slot s JOIN resource r ON r.id = s.resource_id
+                    WHERE s.hospital_id = $1 AND s.day = $2 ORDER BY s.resource_id, s.starts_at""",
                 hospital_id,
                 day,
             )
@@ -169,7 +171,15 @@ async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, d
         day=day,
         slots=[
             SlotRow(
-                r["id"], r["resource_id"], r["s"], r["e"], r["capacity"], dict(r["quotas"]), r["booked"], r["status"]
+                r["id"],
+                r["resource_id"],
+                r["s"],
+                r["e"],
+                r["capacity"],
+                dict(r["quotas"]),
+                r["booked"],
+                r["status"],
+                r["department_id"],
             )
             for r in slots
         ],

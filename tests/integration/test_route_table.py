@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 import httpx
+import websockets
 
 from app.api.routing import ANY_ROLE, PUBLIC, route_spec
 from app.main import build_routes, create_app
 from app.services import Services
 from tests.helpers import token_for
+from tests.live_server import next_frame, open_socket, serve_app
 
 DEMO_USER_OF_ROLE = {
     "doctor": "doctor",
@@ -37,7 +40,19 @@ def test_every_route_declares_its_roles() -> None:
 
 def test_public_routes_are_only_the_expected_ones() -> None:
     public = {route_spec(r).path for r in build_routes() if PUBLIC in route_spec(r).roles}  # type: ignore[union-attr]
-    assert public == {"/", "/health", "/ready", "/ping", "/openapi.json", "/api/v1/auth/login"}
+    assert public == {
+        "/",
+        "/health",
+        "/ready",
+        "/ping",
+        "/openapi.json",
+        "/api/v1/auth/login",
+        # Pages and their local scripts: no data in them; their data calls need a login.
+        "/grid",
+        "/wall",
+        "/static/vendor/plotly.min.js",
+        "/static/{name}",
+    }
 
 
 async def test_server_enforces_the_declared_roles_on_every_route(services: Services) -> None:
@@ -51,8 +66,8 @@ async def test_server_enforces_the_declared_roles_on_every_route(services: Servi
         for route in sorted(build_routes(), key=lambda r: getattr(r, "path", "").endswith("/logout")):
             spec = route_spec(route)
             assert spec is not None
-            if PUBLIC in spec.roles:
-                continue
+            if PUBLIC in spec.roles or spec.kind == "ws":
+                continue  # sockets: test_every_socket_enforces_its_declared_roles
             path = re.sub(r"\{\w+(:\w+)?\}", "1", spec.path)
             for method in spec.methods:
                 r = await client.request(method, path, json={})
@@ -69,3 +84,37 @@ async def test_server_enforces_the_declared_roles_on_every_route(services: Servi
                         assert r.status_code == 403, (method, path, role, r.status_code)
                     checked += 1
     assert checked > 100
+
+
+async def test_every_socket_enforces_its_declared_roles(services: Services) -> None:
+    tokens = {role: await token_for(services, user) for role, user in DEMO_USER_OF_ROLE.items()}
+    sockets = [spec for spec in (route_spec(r) for r in build_routes()) if spec is not None and spec.kind == "ws"]
+    assert {s.path for s in sockets} == {"/ws/grid", "/ws/wall"}
+    day = services.reconciler.today()
+    query = f"?department=US&day={day}&"
+    checked = 0
+    async with serve_app(services) as base:
+        for spec in sockets:
+            path = spec.path + query.replace("department=US&", "" if spec.path == "/ws/wall" else "department=US&")
+            path = path.rstrip("&")
+            ws = await open_socket(base, path, None)
+            await ws.send('{"type":"auth","token":"nope"}')
+            assert await _close_code(ws) == 4401, path
+            for role, token in tokens.items():
+                ws = await open_socket(base, path, token)
+                if role in spec.roles:
+                    frame = await next_frame(ws)
+                    assert frame["type"] in ("snapshot", "metrics"), (path, role, frame)
+                    await ws.close()
+                else:
+                    assert await _close_code(ws) == 4403, (path, role)
+                checked += 1
+    assert checked == len(sockets) * len(tokens)
+
+
+async def _close_code(ws: websockets.ClientConnection) -> int | None:
+    try:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    except websockets.ConnectionClosed:
+        return ws.close_code

@@ -1,0 +1,193 @@
+"""Live screens: the slot grid and the utilisation wall — their pages, their WebSockets, and the
+same data over plain HTTP for systems that poll."""
+
+from __future__ import annotations
+
+from datetime import date
+from importlib import resources, util
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import orjson
+from starlette.requests import Request
+from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.websockets import WebSocket
+
+from app.api.routing import PUBLIC, STAFF, Call, api_route, page_route, ws_route
+from app.errors import NotFound, ValidationFailed
+from app.security.actor import Actor
+from app.services import Services
+from realtime.grid import grid_topic
+from realtime.hub import Hub
+from realtime.live import metrics_topic
+from realtime.stream import Snapshot, stream
+
+GRID_VIEWERS = STAFF  # clinicians, booking centre, modality staff, admins: no personal data on it
+WALL_VIEWERS = frozenset({"dept_head", "dept_admin", "sys_admin"})
+MAX_DAYS_AWAY = 366
+
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class GridQuery(msgspec.Struct, forbid_unknown_fields=True):
+    department: Code
+    day: date
+
+
+class WallQuery(msgspec.Struct, forbid_unknown_fields=True):
+    day: date
+
+
+def _query(params: Any, kind: type[Any]) -> Any:
+    try:
+        return msgspec.convert(dict(params), type=kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ValidationFailed(f"请求参数不符合要求：{exc}", detail=f"query: {exc}") from exc
+
+
+def _check_day(services: Services, day: date) -> date:
+    today = services.reconciler.today()
+    if abs((day - today).days) > MAX_DAYS_AWAY:
+        raise ValidationFailed("日期超出可查看范围（前后一年内）", detail=f"day {day} is more than a year away")
+    return day
+
+
+def _check_department(services: Services, department_id: str) -> str:
+    if department_id not in services.catalogue.departments:
+        raise NotFound(f"科室不存在：{department_id}", detail=f"department {department_id} not found")
+    return department_id
+
+
+# -- WebSockets ---------------------------------------------------------------------------------
+
+
+async def _serve(ws: WebSocket, services: Services, topic: str, snapshot: Snapshot) -> None:
+    await services.live.start()
+    hub: Hub = services.live.hub
+    with hub.subscription(topic) as sub:  # subscribe first, read the snapshot second: nothing lost
+        await stream(ws, sub, snapshot, max_unacked=services.settings.server.live_queue)
+
+
+async def grid_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
+    q: GridQuery = _query(ws.query_params, GridQuery)
+    dept = _check_department(services, q.department)
+    day = _check_day(services, q.day)
+    await _serve(ws, services, grid_topic(dept, day), lambda: services.live.grid_snapshot(dept, day))
+
+
+async def wall_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
+    q: WallQuery = _query(ws.query_params, WallQuery)
+    day = _check_day(services, q.day)
+    await _serve(ws, services, metrics_topic(day), lambda: services.live.metrics.snapshot(day))
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+
+async def grid(call: Call) -> Response:
+    q: GridQuery = call.query
+    s = call.services
+    _, frame = await s.live.grid_snapshot(_check_department(s, q.department), _check_day(s, q.day))
+    return Response(frame, media_type="application/json")
+
+
+async def wall(call: Call) -> dict[str, Any]:
+    q: WallQuery = call.query
+    s = call.services
+    _, frame = await s.live.metrics.snapshot(_check_day(s, q.day))
+    data: dict[str, Any] = orjson.loads(frame)["data"]
+    return data
+
+
+async def live_stats(call: Call) -> dict[str, Any]:
+    """This worker's hub: whether its Redis subscription is live, its screens per topic, and
+    how many events it heard, delivered and dropped (slow screens)."""
+    live = call.services.live
+    hub = live.hub
+    return {
+        "started": hub.ready.is_set(),
+        "topics": {topic: hub.count(topic) for topic in hub.topics()},
+        "subscribers": hub.count(),
+        "events": hub.events,
+        "delivered": hub.delivered,
+        "dropped": hub.dropped,
+        "metrics_computations": live.metrics.computations,
+    }
+
+
+# -- pages and their local assets ---------------------------------------------------------------
+
+_STATIC = resources.files("dashboards").joinpath("static")
+_ASSETS = {
+    "huiyue.js": "text/javascript",
+    "huiyue.css": "text/css",
+    "grid.js": "text/javascript",
+    "wall.js": "text/javascript",
+}
+_PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
+_PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
+_CACHE = {"cache-control": "public, max-age=3600"}
+
+
+def _html(name: str) -> HTMLResponse:
+    return HTMLResponse(_STATIC.joinpath(name).read_text(encoding="utf-8"))
+
+
+async def grid_page(request: Request) -> Response:
+    return _html("grid.html")
+
+
+async def wall_page(request: Request) -> Response:
+    return _html("wall.html")
+
+
+async def asset(request: Request) -> Response:
+    name = request.path_params["name"]
+    media = _ASSETS.get(name)
+    if media is None:
+        raise NotFound("文件不存在", detail=f"no asset {name}")
+    return Response(_STATIC.joinpath(name).read_bytes(), media_type=media, headers=_CACHE)
+
+
+async def plotly_js(request: Request) -> Response:
+    """plotly.js as shipped inside the plotly package: the wall needs no internet."""
+    return FileResponse(_PLOTLY, media_type="text/javascript", headers=_CACHE)
+
+
+routes = [
+    page_route("/grid", grid_page, roles=PUBLIC, summary="Live slot grid (page; its data needs a staff login)"),
+    page_route("/wall", wall_page, roles=PUBLIC, summary="Utilisation wall (page; its data needs a head's login)"),
+    page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
+    page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
+    api_route(
+        "/api/v1/live/grid",
+        grid,
+        roles=GRID_VIEWERS,
+        summary="Snapshot of a department-day's slot grid (places left per channel, locks), with its sequence number",
+        tag="live",
+        query=GridQuery,
+    ),
+    api_route(
+        "/api/v1/live/wall",
+        wall,
+        roles=WALL_VIEWERS,
+        summary="The utilisation wall's figures for one day",
+        tag="live",
+        query=WallQuery,
+    ),
+    api_route(
+        "/api/v1/admin/live",
+        live_stats,
+        roles=frozenset({"sys_admin"}),
+        summary="This worker's live hub: screens per topic, events heard, delivered and dropped",
+        tag="admin",
+    ),
+    ws_route(
+        "/ws/grid",
+        grid_socket,
+        roles=GRID_VIEWERS,
+        summary="Live slot grid: ?department=&day=; a snapshot, then numbered deltas",
+    ),
+    ws_route("/ws/wall", wall_socket, roles=WALL_VIEWERS, summary="Live utilisation wall: ?day=; a frame per change"),
+]

@@ -1,0 +1,117 @@
+"""The live pages in a real Chromium (Playwright, the system's /usr/bin/chromium): the slot grid
+changes after a booking made through the API without a reload, and the wall's charts draw with
+data and move when bookings arrive. Screenshots go to tests/artifacts/screenshots/."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from datetime import date
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+from app.services import Services
+from tests.helpers import future_day, new_patients_with_orders, open_slots, token_for
+from tests.live_server import serve_app
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+SHOTS = Path(__file__).resolve().parent.parent / "artifacts" / "screenshots"
+
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError(f"{CHROMIUM} is missing: .ci/run installs it (apt-get install chromium)")
+    pytest.skip(f"{CHROMIUM} not installed", allow_module_level=True)
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield b
+        await b.close()
+
+
+async def login(page: Page, username: str) -> None:
+    await page.fill("#hy-login input[name=username]", username)
+    await page.fill("#hy-login input[name=password]", "Huiyue@2026")
+    await page.click("#hy-login button[type=submit]")
+
+
+async def book(base: str, services: Services, exam: str, day: date, dept: str) -> int:
+    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, [exam])
+    resources = services.catalogue.resources
+    slot = next(s for s in await open_slots(services, exam, day) if resources[s["resource_id"]].department_id == dept)
+    token = await token_for(services, "clerk")
+    async with httpx.AsyncClient(base_url=base) as c:
+        r = await c.post(
+            "/api/v1/appointments",
+            json={"patient_id": pid, "channel": "desk", "items": [{"order_id": order, "slot_id": slot["id"]}]},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    assert r.status_code == 201, r.text
+    return int(slot["id"])
+
+
+async def test_the_grid_cell_changes_after_a_booking_without_reload(services: Services, browser: Browser) -> None:
+    day = future_day(services)
+    (first,) = [
+        s
+        for s in await open_slots(services, "US-THYROID", day)
+        if services.catalogue.resources[s["resource_id"]].department_id == "US"
+    ][:1]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1600, "height": 900})
+        await page.goto(f"{base}/grid?department=US&day={day}")
+        await login(page, "clerk")
+        cell = page.locator(f"#slot-{first['id']}")
+        await cell.wait_for()
+        assert await cell.text_content() == f"{first['capacity']}/{first['capacity']}"
+        await page.evaluate("window.__notReloaded = true")
+        await page.screenshot(path=SHOTS / "grid-before.png", full_page=True)
+
+        slot_id = await book(base, services, "US-THYROID", day, "US")
+        assert slot_id == first["id"]
+        await page.wait_for_function(
+            f"document.getElementById('slot-{slot_id}').dataset.left === '{first['capacity'] - 1}'", timeout=5000
+        )
+        assert await cell.text_content() == f"{first['capacity'] - 1}/{first['capacity']}"
+        assert await page.evaluate("window.__notReloaded === true")
+        assert (await page.text_content("#state") or "").endswith("实时")
+        await page.screenshot(path=SHOTS / "grid-after-booking.png", full_page=True)
+
+
+async def test_the_wall_draws_its_charts_and_moves_when_bookings_arrive(services: Services, browser: Browser) -> None:
+    today = services.reconciler.today()
+    day = future_day(services)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        for _ in range(2):  # some data to draw before the page opens
+            await book(base, services, "US-THYROID", day, "US")
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        await page.goto(f"{base}/wall?day={today}")
+        await login(page, "depthead")
+        await page.wait_for_function("document.getElementById('t-bookings').textContent === '2'", timeout=10000)
+        await page.wait_for_selector("#c-bookings .main-svg")
+        bars = await page.locator("#c-bookings .bars .point").count()
+        assert bars >= 1
+        assert await page.locator("#c-devices .bars .point").count() > 10  # one bar per device
+        print(await page.evaluate("JSON.stringify([document.getElementById('c-devices').data[0].y.length, document.getElementById('c-devices').layout.yaxis.type, document.getElementById('c-devices')._fullLayout.yaxis.range, document.querySelectorAll('#c-devices .ytick').length])"))
+        await page.screenshot(path=SHOTS / "wall-before.png")
+
+        await book(base, services, "CT-HEAD", day, "RAD")
+        await page.wait_for_function("document.getElementById('t-bookings').textContent === '3'", timeout=10000)
+        assert await page.locator("#c-bookings .bars .point").count() > bars  # a radiology bar appeared
+        await page.screenshot(path=SHOTS / "wall-after-booking.png")

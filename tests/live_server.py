@@ -1,0 +1,128 @@
+"""A real uvicorn server for tests that need real sockets (WebSockets, browsers), in the test's
+own event loop and on the test's databases; and a second worker as its own process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import orjson
+import uvicorn
+import websockets
+
+from app.main import create_app
+from app.services import Services
+from app.settings import PROJECT_ROOT
+
+
+def free_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+@contextlib.asynccontextmanager
+async def serve_app(services: Services) -> AsyncIterator[str]:
+    """Serve the app on the test's services; yields its base URL (http://127.0.0.1:port)."""
+    app = create_app(services.settings, "", "", background=False, services=services)
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_level="warning", lifespan="on", ws_ping_interval=None)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    for _ in range(200):
+        if server.started:
+            break
+        await asyncio.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+        sock.close()
+
+
+@contextlib.asynccontextmanager
+async def worker_process(database_url: str, redis_url: str, prefix: str, **extra_env: str) -> AsyncIterator[str]:
+    """`python -m app serve` as a separate process on the same databases (a second worker)."""
+    sock = free_socket()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "HY_REDIS_PREFIX": prefix,
+        "HY_LOG_LEVEL": "warning",
+        "HY_DB_POOL_MIN": "1",
+        "HY_DB_POOL_MAX": "4",
+        **extra_env,
+    }
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, waited on below without blocking the loop
+        [sys.executable, "-m", "app", "serve", "--no-demo", "--port", str(port)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        async with httpx.AsyncClient() as client:
+            while True:
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise RuntimeError(f"worker exited with {proc.returncode}: {log.read().decode()[-2000:]}")
+                with contextlib.suppress(httpx.HTTPError):
+                    if (await client.get(url + "/ready")).status_code == 200:
+                        break
+                if time.monotonic() > deadline:
+                    raise TimeoutError("worker did not become ready")
+                await asyncio.sleep(0.2)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            await asyncio.to_thread(proc.wait, 15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            await asyncio.to_thread(proc.wait, 15)
+        log.close()
+
+
+async def open_socket(
+    base_url: str, path: str, token: str | None, *, rcvbuf: int | None = None, **kw: Any
+) -> websockets.ClientConnection:
+    """A WebSocket with the session in the Authorization header (as a non-browser client would).
+    `rcvbuf` pins the kernel's receive buffer (no autotuning), for clients meant to fall behind."""
+    headers = {"authorization": f"Bearer {token}"} if token else {}
+    if rcvbuf is not None:
+        host, port = base_url.removeprefix("http://").split(":")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        kw["sock"] = sock
+    return await websockets.connect(base_url.replace("http", "ws", 1) + path, additional_headers=headers, **kw)
+
+
+async def next_frame(ws: websockets.ClientConnection, wait_s: float = 10.0, ack: bool = True) -> dict[str, Any]:
+    """The next frame that is not a heartbeat, acknowledged as a live screen does (realtime/stream.py)."""
+    while True:
+        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), wait_s))
+        if frame.get("type") != "heartbeat":
+            if ack and "seq" in frame:
+                await ws.send(orjson.dumps({"type": "ack", "seq": frame["seq"]}).decode())
+            return frame
