@@ -30,6 +30,7 @@ from redis.exceptions import RedisError
 logger = logging.getLogger(__name__)
 
 RESYNC: Final = -1  # the sequence number of the "reload your snapshot" marker
+HEARTBEAT: Final = -2  # ... and of the "nothing happened for a while" marker (realtime/stream.py)
 Event = tuple[int, bytes]  # (sequence number, the event as JSON)
 
 
@@ -63,6 +64,19 @@ class Subscription:
             return None
         event = await self._queue.get()
         return None if self.closed is not None else event
+
+    def get_ready(self, limit: int) -> list[Event]:
+        """Up to `limit` events already queued, without waiting (a sender batches them)."""
+        out: list[Event] = []
+        while len(out) < limit and self.closed is None:
+            try:
+                event = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                break
+            if event is None:
+                break
+            out.append(event)
+        return out
 
     def pending(self) -> int:
         return self._queue.qsize()

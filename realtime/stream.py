@@ -3,7 +3,9 @@
 The protocol (JSON text frames, server to client):
 * ``{"type":"snapshot","seq":n,...}`` — the whole state, numbered n: on connect, on the client's
   ``{"type":"resync"}``, after a gap in the sequence, and after the hub lost Redis for a while;
-* ``{"type":"delta","seq":n+1,...}`` — each change after it, in order, none skipped;
+* ``{"type":"delta","seq":n+1,...}`` — each change after it, in order, none skipped; when several
+  are waiting they go together as one JSON array of deltas (one frame instead of many: under a
+  burst the per-frame cost, not the bytes, is what a worker with a thousand screens runs out of);
 * ``{"type":"heartbeat"}`` — when nothing happened for `heartbeat_s`, so a screen can tell a quiet
   day from a dead network and show its "reconnecting" mark.
 
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from realtime.hub import RESYNC, Subscription
+from realtime.hub import HEARTBEAT, RESYNC, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_LATER = 1013
 
 Snapshot = Callable[[], Awaitable[tuple[int, bytes]]]  # (seq, the snapshot frame)
-HEARTBEAT = orjson.dumps({"type": "heartbeat"}).decode()
+HEARTBEAT_FRAME = orjson.dumps({"type": "heartbeat"}).decode()
+BATCH_MAX = 64  # deltas sent together at most
 
 
 async def close_quietly(ws: WebSocket, code: int, reason: str = "") -> None:
@@ -58,21 +61,35 @@ class _Acks:
 
 
 async def _listen(ws: WebSocket, sub: Subscription, acks: _Acks) -> None:
-    """Read what the client sends until it goes away: acknowledgements, resync requests."""
-    while True:
-        message = await ws.receive()
-        if message["type"] == "websocket.disconnect":
-            return
-        text = message.get("text")
-        if not text:
-            continue
-        if '"ack"' in text:
-            try:
-                acks.seq = max(acks.seq, int(orjson.loads(text)["seq"]))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+    """Read what the client sends until it goes away: acknowledgements, resync requests. When it
+    goes, the subscription ends, which wakes the sender."""
+    try:
+        while True:
+            message = await ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if not text:
                 continue
-        elif '"resync"' in text:
-            sub.offer((RESYNC, b""))
+            if '"ack"' in text:
+                try:
+                    acks.seq = max(acks.seq, int(orjson.loads(text)["seq"]))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                    continue
+            elif '"resync"' in text:
+                sub.offer((RESYNC, b""))
+    finally:
+        sub.end("client left")
+
+
+async def _heartbeat(sub: Subscription, every_s: float, sent: list[float]) -> None:
+    """Queue a heartbeat marker whenever nothing was sent for `every_s`."""
+    loop = asyncio.get_running_loop()
+    while sub.closed is None:
+        await asyncio.sleep(max(0.05, sent[0] + every_s - loop.time()))
+        if loop.time() - sent[0] >= every_s:
+            sub.offer((HEARTBEAT, b""))
+            sent[0] = loop.time()
 
 
 async def stream(
@@ -87,8 +104,13 @@ async def stream(
     """Serve `sub` on `ws` until the client leaves, is too slow, or the hub shuts down; returns
     why it ended. The caller owns the subscription (and ends it)."""
 
+    loop = asyncio.get_running_loop()
+    sent = [loop.time()]  # when the last frame went out
+
     async def send(text: str) -> None:
-        await asyncio.wait_for(ws.send_text(text), send_timeout_s)
+        async with asyncio.timeout(send_timeout_s):  # a timer, not a task per frame (wait_for)
+            await ws.send_text(text)
+        sent[0] = loop.time()
 
     async def fresh() -> int:
         seq, frame = await snapshot()
@@ -96,8 +118,10 @@ async def stream(
         return seq
 
     acks = _Acks()
-    listener = asyncio.create_task(_listen(ws, sub, acks))
-    getter: asyncio.Task[tuple[int, bytes] | None] | None = None
+    helpers = [
+        asyncio.create_task(_listen(ws, sub, acks)),
+        asyncio.create_task(_heartbeat(sub, heartbeat_s, sent)),
+    ]
     try:
         last = await fresh()
         acks.seq = last  # the snapshot itself needs no acknowledgement
@@ -105,37 +129,46 @@ async def stream(
             if last - acks.seq > max_unacked:
                 await close_quietly(ws, CLOSE_TOO_SLOW, "too slow")
                 return "too slow"
-            if getter is None:
-                getter = asyncio.create_task(sub.get())
-            done, _ = await asyncio.wait({getter, listener}, timeout=heartbeat_s, return_when=asyncio.FIRST_COMPLETED)
-            if listener in done:
-                return "client left"
-            if not done:
-                await send(HEARTBEAT)
-                continue
-            event = getter.result()
-            getter = None
+            event = await sub.get()
             if event is None:
                 if sub.closed == "slow":
                     await close_quietly(ws, CLOSE_TOO_SLOW, "too slow")
                     return "too slow"
+                if sub.closed == "client left":
+                    return "client left"
                 await close_quietly(ws, CLOSE_GOING_AWAY, "shutdown")
                 return "shutdown"
-            seq, data = event
-            if seq == RESYNC or seq > last + 1:
-                last = await fresh()  # its counter is at least this event's number
-                acks.seq = max(acks.seq, last)  # the snapshot replaces what it skipped: a new start
-            elif seq == last + 1:
-                await send(data.decode())
-                last = seq
-            # seq <= last: already in the snapshot
+            batch: list[bytes] = []
+            for seq, data in [event, *sub.get_ready(BATCH_MAX - 1)]:
+                if seq == HEARTBEAT:
+                    if not batch:
+                        await send(HEARTBEAT_FRAME)
+                elif seq == RESYNC or seq > last + 1:
+                    if batch:
+                        await _send_batch(send, batch)
+                        batch = []
+                    last = await fresh()  # its counter is at least this event's number
+                    acks.seq = max(acks.seq, last)  # the snapshot replaces what it skipped: a new start
+                elif seq == last + 1:
+                    batch.append(data)
+                    last = seq
+                # seq <= last: already in the snapshot
+            if batch:
+                await _send_batch(send, batch)
     except (TimeoutError, WebSocketDisconnect, OSError, RuntimeError):
         # A client that stopped reading (send timed out) or vanished mid-send.
         await close_quietly(ws, CLOSE_TOO_SLOW, "too slow")
         return "send failed"
     finally:
-        for task in (listener, getter):
-            if task is not None and not task.done():
+        for task in helpers:
+            if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
+
+
+async def _send_batch(send: Callable[[str], Awaitable[None]], batch: list[bytes]) -> None:
+    if len(batch) == 1:
+        await send(batch[0].decode())
+    else:
+        await send("[" + b",".join(batch).decode() + "]")

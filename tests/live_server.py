@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -118,11 +119,18 @@ async def open_socket(
     return await websockets.connect(base_url.replace("http", "ws", 1) + path, additional_headers=headers, **kw)
 
 
+_pending: weakref.WeakKeyDictionary[websockets.ClientConnection, list[dict[str, Any]]] = weakref.WeakKeyDictionary()
+
+
 async def next_frame(ws: websockets.ClientConnection, wait_s: float = 10.0, ack: bool = True) -> dict[str, Any]:
-    """The next frame that is not a heartbeat, acknowledged as a live screen does (realtime/stream.py)."""
-    while True:
-        frame: dict[str, Any] = orjson.loads(await asyncio.wait_for(ws.recv(), wait_s))
-        if frame.get("type") != "heartbeat":
-            if ack and "seq" in frame:
-                await ws.send(orjson.dumps({"type": "ack", "seq": frame["seq"]}).decode())
-            return frame
+    """The next frame that is not a heartbeat (a burst of deltas arrives as one JSON array: they
+    come out one by one), acknowledged as a live screen does (realtime/stream.py)."""
+    pending = _pending.setdefault(ws, [])
+    while not pending:
+        parsed = orjson.loads(await asyncio.wait_for(ws.recv(), wait_s))
+        frames = parsed if isinstance(parsed, list) else [parsed]
+        pending.extend(f for f in frames if f.get("type") != "heartbeat")
+        if ack and frames and "seq" in frames[-1]:
+            await ws.send(orjson.dumps({"type": "ack", "seq": frames[-1]["seq"]}).decode())
+    frame: dict[str, Any] = pending.pop(0)
+    return frame

@@ -70,17 +70,19 @@ const HY = (() => {
       ws.onopen = () => { ws.send(JSON.stringify({ type: 'auth', token: token() || '' })); arm(); };
       ws.onmessage = (ev) => {
         arm();
-        const frame = JSON.parse(ev.data);
-        if (frame.type === 'heartbeat') return;
-        if (frame.type === 'delta' && last >= 0 && frame.seq !== last + 1) {
-          if (frame.seq > last + 1) ws.send(JSON.stringify({ type: 'resync' }));
-          return;
+        const parsed = JSON.parse(ev.data);
+        for (const frame of Array.isArray(parsed) ? parsed : [parsed]) { // a burst comes as one array
+          if (frame.type === 'heartbeat') continue;
+          if (frame.type === 'delta' && last >= 0 && frame.seq !== last + 1) {
+            if (frame.seq > last + 1) { ws.send(JSON.stringify({ type: 'resync' })); break; }
+            continue;
+          }
+          last = frame.seq;
+          retry = 0;
+          onState('live');
+          onFrame(frame);
+          if (++unacked >= 16) { unacked = 0; ws.send(JSON.stringify({ type: 'ack', seq: last })); }
         }
-        last = frame.seq;
-        retry = 0;
-        onState('live');
-        onFrame(frame);
-        if (++unacked >= 16) { unacked = 0; ws.send(JSON.stringify({ type: 'ack', seq: last })); }
       };
       ws.onclose = (ev) => {
         clearTimeout(watchdog);

@@ -12,7 +12,8 @@ Mode "publish"
   ARGV[6]  channels, comma separated (the per-channel places left are computed here, once)
   ARGV[7..] the slot ids, in the order of KEYS
   For each department among the slots (field d), in name order: INCR its counter and PUBLISH
-  {"seq":n,"topic":"grid:<dept>:<day>","event":...,"slots":[...]} on <prefix><dept>:<day>.
+  {"type":"delta","seq":n,"topic":"grid:<dept>:<day>","event":...,"at":<Redis clock, epoch ms>,
+  "slots":[...]} on <prefix><dept>:<day>.
   Returns the number of messages published.
 
 Mode "snapshot"
@@ -91,11 +92,13 @@ if mode == 'publish' then
     end
   end
   table.sort(depts)
+  local now = redis.call('TIME')
+  local at = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
   for _, d in ipairs(depts) do
     local seq = redis.call('INCR', seq_prefix .. d)
     local topic = 'grid:' .. d .. ':' .. day
     redis.call('PUBLISH', prefix .. d .. ':' .. day,
-      cjson.encode({type = 'delta', seq = seq, topic = topic, event = event, slots = by_dept[d]}))
+      cjson.encode({type = 'delta', seq = seq, topic = topic, event = event, at = at, slots = by_dept[d]}))
   end
   return #depts
 end
