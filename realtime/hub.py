@@ -232,6 +232,11 @@ class Hub:
                 self.ready.clear()
                 lost = True
                 await asyncio.sleep(self.retry_s)
+            except Exception:  # never let the process's only subscription die quietly
+                logger.exception("hub listener failed; resubscribing")
+                self.ready.clear()
+                lost = True
+                await asyncio.sleep(self.retry_s)
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

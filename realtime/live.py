@@ -112,6 +112,9 @@ class MetricsFeed:
                 except AppError as exc:
                     logger.warning("metrics for %s not refreshed: %s", day, exc.code)
                     continue
+                except Exception:  # the feed outlives any one bad computation
+                    logger.exception("metrics for %s failed", day)
+                    continue
                 self.hub.publish_local(topic, figures.seq, figures.frame)
 
 

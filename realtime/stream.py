@@ -17,7 +17,7 @@ still takes bytes but whose program does not read them would otherwise grow them
 
 Close codes: 4400 bad request, 4401 not logged in, 4403 role not allowed, 4408 too slow (the
 client did not keep up and was dropped), 1001 server shutting down, 1013 try again later (the
-snapshot could not be read).
+snapshot could not be read), 1011 internal error (logged, no details to the client).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ CLOSE_NOT_AUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_TOO_SLOW = 4408
 CLOSE_GOING_AWAY = 1001
+CLOSE_INTERNAL_ERROR = 1011
 CLOSE_TRY_LATER = 1013
 
 Snapshot = Callable[[], Awaitable[tuple[int, bytes]]]  # (seq, the snapshot frame)

@@ -8,6 +8,7 @@ plain data. The declarations also feed the OpenAPI document and the route-table 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
@@ -22,7 +23,16 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, ValidationFailed
 from app.security.actor import ROLES, Actor
 from app.services import Services
-from realtime.stream import CLOSE_BAD_REQUEST, CLOSE_FORBIDDEN, CLOSE_NOT_AUTHENTICATED, CLOSE_TRY_LATER, close_quietly
+from realtime.stream import (
+    CLOSE_BAD_REQUEST,
+    CLOSE_FORBIDDEN,
+    CLOSE_INTERNAL_ERROR,
+    CLOSE_NOT_AUTHENTICATED,
+    CLOSE_TRY_LATER,
+    close_quietly,
+)
+
+logger = logging.getLogger(__name__)
 
 PUBLIC = "public"
 ANY_ROLE = frozenset(ROLES)
@@ -244,6 +254,9 @@ def ws_route(path: str, handler: SocketHandler, *, roles: frozenset[str], summar
             await close_quietly(ws, CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_LATER, exc.code)
         except WebSocketDisconnect:
             pass
+        except Exception:  # a bug must not leave the socket hanging, nor show its trace to the client
+            logger.exception("socket %s failed", path)
+            await close_quietly(ws, CLOSE_INTERNAL_ERROR, "internal_error")
 
     route = WebSocketRoute(path, endpoint, name=handler.__name__)
     route.spec = spec  # type: ignore[attr-defined]
