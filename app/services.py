@@ -19,6 +19,7 @@ from app.db.pool import create_pool
 from app.planning.catalogue import Catalogue
 from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
+from app.security.devices import DeviceRegistry
 from app.security.sessions import SessionManager
 from app.settings import Settings
 from dashboards.metrics import compute as compute_metrics
@@ -80,11 +81,13 @@ class Services:
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )
+        self.devices = DeviceRegistry(pool, b.hospital_id)
         self.live = Live(
             redis,
             self.keys,
             lambda day: compute_metrics(pool, self.catalogue, b.hospital_id, b.timezone, day),
             lambda: self.catalogue,
+            self.devices.is_live,
             queue_size=settings.server.live_queue,
         )
 

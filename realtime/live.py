@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import date
 from typing import Any
 
@@ -23,7 +23,7 @@ from app.booking.keys import KeyBuilder
 from app.errors import AppError
 from app.planning.catalogue import Catalogue
 from realtime.grid import GridReader
-from realtime.hub import Hub
+from realtime.hub import RESYNC, Hub, Subscription
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +118,65 @@ class MetricsFeed:
                 self.hub.publish_local(topic, figures.seq, figures.frame)
 
 
+class DeviceWatch:
+    """Ends the screens of a display device the moment an admin revokes it: the revoke publishes
+    on the `devices` topic, every worker hears it. After a lost Redis connection (revocations may
+    have been missed) every watched device is checked again with `still_valid`."""
+
+    def __init__(self, hub: Hub, still_valid: Callable[[int], Awaitable[bool]]) -> None:
+        self.hub = hub
+        self.still_valid = still_valid
+        self._subs: dict[int, set[Subscription]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    @contextlib.contextmanager
+    def watching(self, device_id: int | None, sub: Subscription) -> Iterator[None]:
+        if device_id is None:
+            yield
+            return
+        self._subs.setdefault(device_id, set()).add(sub)
+        try:
+            yield
+        finally:
+            subs = self._subs.get(device_id)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._subs[device_id]
+
+    def revoke(self, device_id: int) -> None:
+        for sub in self._subs.pop(device_id, set()):
+            sub.end("revoked")
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="device-watch")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            with self.hub.subscription("devices") as sub:
+                while (event := await sub.get()) is not None:
+                    seq, data = event
+                    if seq == RESYNC:
+                        for device_id in list(self._subs):
+                            with contextlib.suppress(AppError):
+                                if not await self.still_valid(device_id):
+                                    self.revoke(device_id)
+                        continue
+                    with contextlib.suppress(orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                        body = orjson.loads(data)
+                        if body.get("event") == "revoked":
+                            self.revoke(int(body["device_id"]))
+            await asyncio.sleep(0.1)  # dropped (never in practice): subscribe again
+
+
 class Live:
     """The live-screen services of one worker process, started on first use."""
 
@@ -127,12 +186,14 @@ class Live:
         keys: KeyBuilder,
         compute: Compute,
         catalogue: Callable[[], Catalogue],
+        device_valid: Callable[[int], Awaitable[bool]],
         *,
         queue_size: int = 256,
     ) -> None:
         self.hub = Hub(client, keys.events_prefix, queue_size=queue_size)
         self.grid = GridReader(client, keys)
         self.metrics = MetricsFeed(self.hub, compute)
+        self.devices = DeviceWatch(self.hub, device_valid)
         self.catalogue = catalogue
         self._started = False
 
@@ -141,8 +202,10 @@ class Live:
             self._started = True
             await self.hub.start()
             self.metrics.start()
+            self.devices.start()
 
     async def close(self) -> None:
+        await self.devices.close()
         await self.metrics.close()
         await self.hub.close()
 

@@ -137,6 +137,9 @@ async def stream(
                     return "too slow"
                 if sub.closed == "client left":
                     return "client left"
+                if sub.closed == "revoked":
+                    await close_quietly(ws, CLOSE_NOT_AUTHENTICATED, "revoked")
+                    return "revoked"
                 await close_quietly(ws, CLOSE_GOING_AWAY, "shutdown")
                 return "shutdown"
             batch: list[bytes] = []

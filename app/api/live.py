@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.websockets import WebSocket
 
 from app.api.routing import PUBLIC, STAFF, Call, api_route, page_route, ws_route
-from app.errors import NotFound, ValidationFailed
+from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
 from app.services import Services
 from realtime.grid import grid_topic
@@ -23,7 +23,9 @@ from realtime.hub import Hub
 from realtime.live import metrics_topic
 from realtime.stream import Snapshot, stream
 
-GRID_VIEWERS = STAFF  # clinicians, booking centre, modality staff, admins: no personal data on it
+# Clinicians, booking centre, modality staff, admins — and display devices issued a grid scope
+# (slot-availability screens in the halls): there is no personal data on it.
+GRID_VIEWERS = STAFF | {"display"}
 WALL_VIEWERS = frozenset({"dept_head", "dept_admin", "sys_admin"})
 MAX_DAYS_AWAY = 366
 
@@ -62,10 +64,13 @@ def _check_department(services: Services, department_id: str) -> str:
 # -- WebSockets ---------------------------------------------------------------------------------
 
 
-async def _serve(ws: WebSocket, services: Services, topic: str, snapshot: Snapshot) -> None:
-    await services.live.start()
-    hub: Hub = services.live.hub
-    with hub.subscription(topic) as sub:  # subscribe first, read the snapshot second: nothing lost
+async def _serve(ws: WebSocket, actor: Actor, services: Services, topic: str, snapshot: Snapshot) -> None:
+    live = services.live
+    await live.start()
+    hub: Hub = live.hub
+    # Subscribe first, read the snapshot second: nothing is lost in between. A revoked device's
+    # screens close at once.
+    with hub.subscription(topic) as sub, live.devices.watching(actor.device_id, sub):
         await stream(ws, sub, snapshot, max_unacked=services.settings.server.live_queue)
 
 
@@ -73,13 +78,16 @@ async def grid_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
     q: GridQuery = _query(ws.query_params, GridQuery)
     dept = _check_department(services, q.department)
     day = _check_day(services, q.day)
-    await _serve(ws, services, grid_topic(dept, day), lambda: services.live.grid_snapshot(dept, day))
+    if not actor.roles & STAFF and f"grid:{dept}" not in actor.scopes:
+        # A display (a device, or the display account) shows only the grids it was issued for.
+        raise Forbidden("该显示设备无权显示此科室号源", detail=f"no scope grid:{dept}")
+    await _serve(ws, actor, services, grid_topic(dept, day), lambda: services.live.grid_snapshot(dept, day))
 
 
 async def wall_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
     q: WallQuery = _query(ws.query_params, WallQuery)
     day = _check_day(services, q.day)
-    await _serve(ws, services, metrics_topic(day), lambda: services.live.metrics.snapshot(day))
+    await _serve(ws, actor, services, metrics_topic(day), lambda: services.live.metrics.snapshot(day))
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

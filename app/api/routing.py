@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, ValidationFailed
 from app.security.actor import ROLES, Actor
+from app.security.devices import DEVICE_PREFIX
 from app.services import Services
 from realtime.stream import (
     CLOSE_BAD_REQUEST,
@@ -224,10 +225,19 @@ async def _socket_token(ws: WebSocket) -> str | None:
     return None
 
 
+def _close_code(exc: AppError) -> int:
+    if exc.status == 401:
+        return CLOSE_NOT_AUTHENTICATED
+    if exc.status == 403:
+        return CLOSE_FORBIDDEN
+    return CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_LATER
+
+
 def ws_route(path: str, handler: SocketHandler, *, roles: frozenset[str], summary: str) -> WebSocketRoute:
-    """A WebSocket route: the session is checked on connect (close 4401 / 4403, see
-    realtime/stream.py for the codes), then `handler` serves the socket; an AppError it raises
-    closes the socket with 4400 (the caller's mistake) or 1013 (try again later)."""
+    """A WebSocket route: the session — or a display device's token — is checked on connect
+    (close 4401 / 4403, see realtime/stream.py for the codes), then `handler` serves the socket;
+    an AppError it raises closes the socket with 4401 / 4403 / 4400 (the caller's mistake) or 1013
+    (try again later)."""
     if not roles or PUBLIC in roles or roles - ANY_ROLE:
         raise ValueError(f"socket {path} must name known roles")
     spec = RouteSpec(path, ("WS",), roles, summary, "live", kind="ws")
@@ -240,7 +250,10 @@ def ws_route(path: str, handler: SocketHandler, *, roles: frozenset[str], summar
             await close_quietly(ws, CLOSE_NOT_AUTHENTICATED, "not_authenticated")
             return
         try:
-            actor = await services.sessions.resolve(token, client_ip(ws))
+            if token.startswith(DEVICE_PREFIX):
+                actor = await services.devices.resolve(token, client_ip(ws))
+            else:
+                actor = await services.sessions.resolve(token, client_ip(ws))
         except AppError as exc:
             code = CLOSE_NOT_AUTHENTICATED if isinstance(exc, NotAuthenticated) else CLOSE_TRY_LATER
             await close_quietly(ws, code, exc.code)
@@ -251,7 +264,7 @@ def ws_route(path: str, handler: SocketHandler, *, roles: frozenset[str], summar
         try:
             await handler(ws, actor, services)
         except AppError as exc:
-            await close_quietly(ws, CLOSE_BAD_REQUEST if exc.status < 500 else CLOSE_TRY_LATER, exc.code)
+            await close_quietly(ws, _close_code(exc), exc.code)
         except WebSocketDisconnect:
             pass
         except Exception:  # a bug must not leave the socket hanging, nor show its trace to the client

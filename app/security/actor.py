@@ -13,6 +13,8 @@ class Actor(msgspec.Struct, frozen=True):
     patient_id: int | None = None  # set when the caller is a patient acting for himself
     terminal: str = ""
     ip: str = ""
+    device_id: int | None = None  # set for a display device (role "display" with a token of its own)
+    scopes: frozenset[str] = frozenset()  # what a device may show: "grid:<department>", "queue:<room>"
 
     @property
     def role(self) -> str:
