@@ -44,7 +44,30 @@ class _Figures:
         self.dirty = True
 
 
-class MetricsFeed:
+class _Loop:
+    """A background loop of the process (`_run`), started once, cancelled on close."""
+
+    name = "live-loop"
+    _task: asyncio.Task[None] | None = None
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name=self.name)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+
+class MetricsFeed(_Loop):
+    name = "metrics-feed"
+
     def __init__(
         self, hub: Hub, compute: Compute, *, min_interval_s: float = 1.0, idle_refresh_s: float = 30.0
     ) -> None:
@@ -54,7 +77,6 @@ class MetricsFeed:
         self.idle_refresh_s = idle_refresh_s
         self._days: dict[date, _Figures] = {}
         self._locks: dict[date, asyncio.Lock] = {}
-        self._task: asyncio.Task[None] | None = None
         self.computations = 0
         hub.watch(self._on_event)
 
@@ -83,17 +105,6 @@ class MetricsFeed:
             figures = await self._refresh(day)
         return figures.seq, figures.frame
 
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="metrics-feed")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(min(0.25, self.min_interval_s))
@@ -118,16 +129,17 @@ class MetricsFeed:
                 self.hub.publish_local(topic, figures.seq, figures.frame)
 
 
-class DeviceWatch:
+class DeviceWatch(_Loop):
     """Ends the screens of a display device the moment an admin revokes it: the revoke publishes
     on the `devices` topic, every worker hears it. After a lost Redis connection (revocations may
     have been missed) every watched device is checked again with `still_valid`."""
+
+    name = "device-watch"
 
     def __init__(self, hub: Hub, still_valid: Callable[[int], Awaitable[bool]]) -> None:
         self.hub = hub
         self.still_valid = still_valid
         self._subs: dict[int, set[Subscription]] = {}
-        self._task: asyncio.Task[None] | None = None
 
     @contextlib.contextmanager
     def watching(self, device_id: int | None, sub: Subscription) -> Iterator[None]:
@@ -147,17 +159,6 @@ class DeviceWatch:
     def revoke(self, device_id: int) -> None:
         for sub in self._subs.pop(device_id, set()):
             sub.end("revoked")
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="device-watch")
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -13,6 +13,7 @@ import tempfile
 import time
 import weakref
 from collections.abc import AsyncIterator
+from datetime import date
 from typing import Any
 
 import httpx
@@ -23,6 +24,7 @@ import websockets
 from app.main import create_app
 from app.services import Services
 from app.settings import PROJECT_ROOT
+from tests.helpers import new_patients_with_orders, open_slots, token_for
 
 
 def free_socket() -> socket.socket:
@@ -134,3 +136,19 @@ async def next_frame(ws: websockets.ClientConnection, wait_s: float = 10.0, ack:
             await ws.send(orjson.dumps({"type": "ack", "seq": frames[-1]["seq"]}).decode())
     frame: dict[str, Any] = pending.pop(0)
     return frame
+
+
+async def book_through_api(base: str, services: Services, exam: str, day: date, dept: str) -> int:
+    """Book a new patient's `exam` on `day` in `dept` through the HTTP API as the clerk; the slot id."""
+    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, [exam])
+    resources = services.catalogue.resources
+    slot = next(s for s in await open_slots(services, exam, day) if resources[s["resource_id"]].department_id == dept)
+    token = await token_for(services, "clerk")
+    async with httpx.AsyncClient(base_url=base) as c:
+        r = await c.post(
+            "/api/v1/appointments",
+            json={"patient_id": pid, "channel": "desk", "items": [{"order_id": order, "slot_id": slot["id"]}]},
+            headers={"authorization": f"Bearer {token}"},
+        )
+    assert r.status_code == 201, r.text
+    return int(slot["id"])

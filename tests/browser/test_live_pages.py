@@ -6,16 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from datetime import date
 from pathlib import Path
 
-import httpx
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from app.services import Services
-from tests.helpers import future_day, new_patients_with_orders, open_slots, token_for
-from tests.live_server import serve_app
+from tests.helpers import future_day, open_slots
+from tests.live_server import book_through_api, serve_app
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -49,21 +47,6 @@ async def login(page: Page, username: str) -> None:
     await page.click("#hy-login button[type=submit]")
 
 
-async def book(base: str, services: Services, exam: str, day: date, dept: str) -> int:
-    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, [exam])
-    resources = services.catalogue.resources
-    slot = next(s for s in await open_slots(services, exam, day) if resources[s["resource_id"]].department_id == dept)
-    token = await token_for(services, "clerk")
-    async with httpx.AsyncClient(base_url=base) as c:
-        r = await c.post(
-            "/api/v1/appointments",
-            json={"patient_id": pid, "channel": "desk", "items": [{"order_id": order, "slot_id": slot["id"]}]},
-            headers={"authorization": f"Bearer {token}"},
-        )
-    assert r.status_code == 201, r.text
-    return int(slot["id"])
-
-
 async def test_the_grid_cell_changes_after_a_booking_without_reload(services: Services, browser: Browser) -> None:
     day = future_day(services)
     (first,) = [
@@ -82,7 +65,7 @@ async def test_the_grid_cell_changes_after_a_booking_without_reload(services: Se
         await page.evaluate("window.__notReloaded = true")
         await page.screenshot(path=SHOTS / "grid-before.png", full_page=True)
 
-        slot_id = await book(base, services, "US-THYROID", day, "US")
+        slot_id = await book_through_api(base, services, "US-THYROID", day, "US")
         assert slot_id == first["id"]
         await page.wait_for_function(
             f"document.getElementById('slot-{slot_id}').dataset.left === '{first['capacity'] - 1}'", timeout=5000
@@ -99,7 +82,7 @@ async def test_the_wall_draws_its_charts_and_moves_when_bookings_arrive(services
     SHOTS.mkdir(parents=True, exist_ok=True)
     async with serve_app(services) as base:
         for _ in range(2):  # some data to draw before the page opens
-            await book(base, services, "US-THYROID", day, "US")
+            await book_through_api(base, services, "US-THYROID", day, "US")
         page = await browser.new_page(viewport={"width": 1920, "height": 1080})
         await page.goto(f"{base}/wall?day={today}")
         await login(page, "depthead")
@@ -112,7 +95,7 @@ async def test_the_wall_draws_its_charts_and_moves_when_bookings_arrive(services
         assert await page.locator("#c-devices .ytick").count() > 10
         await page.screenshot(path=SHOTS / "wall-before.png")
 
-        await book(base, services, "CT-HEAD", day, "RAD")
+        await book_through_api(base, services, "CT-HEAD", day, "RAD")
         await page.wait_for_function("document.getElementById('t-bookings').textContent === '3'", timeout=10000)
         assert await page.locator("#c-bookings .bars .point").count() > bars  # a radiology bar appeared
         await page.screenshot(path=SHOTS / "wall-after-booking.png")

@@ -16,24 +16,12 @@ import websockets
 
 from app.services import Services
 from tests.conftest import CloneDb, Servers
-from tests.helpers import future_day, new_patients_with_orders, open_slots, token_for
-from tests.live_server import next_frame, open_socket, serve_app, worker_process
+from tests.helpers import future_day, token_for
+from tests.live_server import book_through_api, next_frame, open_socket, serve_app, worker_process
 
 
 async def _book_one(base: str, services: Services, exam: str, day: date, dept: str = "US") -> tuple[int, str]:
-    """Book one new patient's `exam` on `day` in `dept` through the HTTP API; returns (slot id, department)."""
-    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, [exam])
-    resources = services.catalogue.resources
-    slot = next(s for s in await open_slots(services, exam, day) if resources[s["resource_id"]].department_id == dept)
-    token = await token_for(services, "clerk")
-    async with httpx.AsyncClient(base_url=base) as c:
-        r = await c.post(
-            "/api/v1/appointments",
-            json={"patient_id": pid, "channel": "desk", "items": [{"order_id": order, "slot_id": slot["id"]}]},
-            headers={"authorization": f"Bearer {token}"},
-        )
-    assert r.status_code == 201, r.text
-    return slot["id"], services.catalogue.resources[slot["resource_id"]].department_id
+    return await book_through_api(base, services, exam, day, dept), dept
 
 
 async def _drain_until_closed(ws: websockets.ClientConnection) -> tuple[int, int | None]:
@@ -166,7 +154,7 @@ async def test_a_client_that_stops_reading_is_dropped_and_never_slows_the_others
         async with httpx.AsyncClient(base_url=base) as c:
             admin = {"authorization": f"Bearer {await token_for(services, 'admin')}"}
             stats = (await c.get("/api/v1/admin/live", headers=admin)).json()
-        assert stats["topics"] == {topic: 1}, stats  # its subscription ended; the fast one stays
+        assert stats["topics"].get(topic) == 1, stats  # its subscription ended; the fast one stays
         await fast.close()
 
 
