@@ -24,8 +24,10 @@ from app.embedded import EmbeddedServers, database_url
 from app.services import Services
 from app.settings import PROJECT_ROOT, Settings, load_settings
 
-EMPTY_TEMPLATE = "hy_test_empty"
-SEEDED_TEMPLATE = "hy_test_seeded"
+# Per test session, so two sessions on one server (a developer's and CI's) never share templates.
+_SESSION = uuid.uuid4().hex[:8]
+EMPTY_TEMPLATE = f"hy_test_empty_{_SESSION}"
+SEEDED_TEMPLATE = f"hy_test_seeded_{_SESSION}"
 
 
 def with_database(url: str, name: str) -> str:
@@ -73,8 +75,8 @@ async def admin_conn(servers: Servers) -> AsyncIterator[asyncpg.Connection]:
 
 
 @pytest.fixture(scope="session")
-async def templates(servers: Servers, admin_conn: asyncpg.Connection) -> dict[str, str]:
-    """Build the two template databases once per session."""
+async def templates(servers: Servers, admin_conn: asyncpg.Connection) -> AsyncIterator[dict[str, str]]:
+    """Build the two template databases once per session (and drop them after it)."""
     await _recreate(admin_conn, EMPTY_TEMPLATE)
     conn = await connect(with_database(servers.database, EMPTY_TEMPLATE))
     try:
@@ -87,7 +89,9 @@ async def templates(servers: Servers, admin_conn: asyncpg.Connection) -> dict[st
         await seed_demo(conn)
     finally:
         await conn.close()
-    return {"empty": EMPTY_TEMPLATE, "seeded": SEEDED_TEMPLATE}
+    yield {"empty": EMPTY_TEMPLATE, "seeded": SEEDED_TEMPLATE}
+    for name in (SEEDED_TEMPLATE, EMPTY_TEMPLATE):
+        await admin_conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class CloneDb:
