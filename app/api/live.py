@@ -61,6 +61,12 @@ def _check_department(services: Services, department_id: str) -> str:
     return department_id
 
 
+def _check_scope(actor: Actor, department_id: str) -> None:
+    """A display (a device, or the display account) shows only the grids it was issued for."""
+    if not actor.roles & STAFF and f"grid:{department_id}" not in actor.scopes:
+        raise Forbidden("该显示设备无权显示此科室号源", detail=f"no scope grid:{department_id}")
+
+
 # -- WebSockets ---------------------------------------------------------------------------------
 
 
@@ -78,9 +84,7 @@ async def grid_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
     q: GridQuery = _query(ws.query_params, GridQuery)
     dept = _check_department(services, q.department)
     day = _check_day(services, q.day)
-    if not actor.roles & STAFF and f"grid:{dept}" not in actor.scopes:
-        # A display (a device, or the display account) shows only the grids it was issued for.
-        raise Forbidden("该显示设备无权显示此科室号源", detail=f"no scope grid:{dept}")
+    _check_scope(actor, dept)
     await _serve(ws, actor, services, grid_topic(dept, day), lambda: services.live.grid_snapshot(dept, day))
 
 
@@ -96,7 +100,9 @@ async def wall_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
 async def grid(call: Call) -> Response:
     q: GridQuery = call.query
     s = call.services
-    _, frame = await s.live.grid_snapshot(_check_department(s, q.department), _check_day(s, q.day))
+    dept = _check_department(s, q.department)
+    _check_scope(call.staff, dept)
+    _, frame = await s.live.grid_snapshot(dept, _check_day(s, q.day))
     return Response(frame, media_type="application/json")
 
 
