@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from app.api import admin, appointments, auth, catalogue, devices, health, live, patients, plans, rules
+from app.api import admin, appointments, auth, catalogue, clinic, devices, health, live, patients, plans, rules
 from app.api.openapi import build_openapi
 from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
 from app.api.routing import PUBLIC, Call, api_route, json_response, page_route, set_display_zone
@@ -38,7 +38,7 @@ def _version() -> str:
 
 def build_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = [page_route("/", index, roles=PUBLIC, summary="Landing page")]
-    for module in (health, auth, catalogue, appointments, patients, plans, rules, admin, devices, live):
+    for module in (health, auth, catalogue, appointments, patients, plans, clinic, rules, admin, devices, live):
         routes += module.routes
 
     async def openapi(call: Call) -> Response:

@@ -17,6 +17,7 @@ from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
 from app.planning.catalogue import Catalogue
+from app.planning.clinic import ClinicDesk
 from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
 from app.security.devices import DeviceRegistry
@@ -77,6 +78,7 @@ class Services:
             rules=self.rules,
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
+        self.clinic = ClinicDesk(self.plans, self.rules)
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s

@@ -66,15 +66,19 @@ class PlanService:
         *,
         order_ids: Sequence[int] | None = None,
         earliest: date | None = None,
+        latest: date | None = None,
         preferences: Preferences | None = None,
         max_plans: int = 3,
     ) -> Proposal:
-        """The best few complete plans for the patient's pending orders (all of them by default)."""
+        """The best few complete plans for the patient's pending orders (all of them by default),
+        on days from `earliest` (today at the soonest) to `latest` (the horizon's end at the latest)."""
         check_channel(actor, channel)
         check_patient_access(actor, patient_id)
         today = self.reconciler.today()
         first = max(earliest or today, today)
         last = today + timedelta(days=self.reconciler.horizon_days - 1)
+        if latest is not None:
+            last = min(last, latest)
         if first > last:
             raise ValidationFailed("最早日期超出了可预约范围", detail=f"earliest {first} after the horizon end {last}")
         pending = await patient_repo.orders_of(self.pool, patient_id)
