@@ -161,7 +161,8 @@ def as_placed(req: PlanRequest, plan: Plan) -> list[Placed]:
 
 
 def assert_valid(req: PlanRequest, result: PlanResult, checker: Checker) -> None:
-    """Every plan obeys every rule, has no overlaps, is consistent, and the plans are sorted and distinct."""
+    """Every plan obeys every rule, has no overlaps, is consistent, and the plans are sorted and put the
+    exams on distinct assignments to days."""
     signatures = set()
     for plan in result.plans:
         items = as_placed(req, plan)
@@ -179,8 +180,9 @@ def assert_valid(req: PlanRequest, result: PlanResult, checker: Checker) -> None
         assert plan.minutes_in_hospital == spans // 60
         assert plan.completes_at == max((i.ends_at for i in plan.items), default=0)
         assert {i.key for i in plan.items} | {u.key for u in plan.unplaced} == {pe.key for pe in req.exams}
-        signatures.add(frozenset((i.key, i.starts_at) for i in plan.items))
-    assert len(signatures) == len(result.plans)
+        signatures.add(frozenset((i.key, datetime.fromtimestamp(i.starts_at, TZ).date()) for i in plan.items))
+        assert len(plan.unplaced) == len(result.plans[0].unplaced)  # alternatives book as many exams
+    assert len(signatures) == len(result.plans)  # each plan on its own assignment of exams to days
     scores = [plan_score(p) for p in result.plans]
     assert scores == sorted(scores)
     assert len(result.plans) <= req.max_plans
@@ -571,9 +573,57 @@ def test_node_limit_stops_the_search_but_still_answers() -> None:
         req = msgspec.structs.replace(request([US_ABD, ECG, US_THYROID, CT_ABD_C], rows), node_limit=limit)
         result = make_plans(req, CHECKER)
         assert not result.complete_search and result.nodes == limit + 1
-        assert result.plans  # the first dive's plan, or at worst nothing booked
+        assert result.plans  # the plans found so far, or at worst nothing booked
         assert_valid(req, result, CHECKER)
     assert make_plans(msgspec.structs.replace(req, node_limit=200_000), CHECKER).complete_search
+
+
+def test_alternatives_are_other_days_or_other_splits() -> None:
+    days = [MONDAY + timedelta(days=k) for k in range(3)]
+    rows = {
+        "US-THYROID": [w for d in days for w in windows(d, "US1", end="10:00")],
+        "ECG-REST": [w for d in days for w in windows(d, "ECG1", end="10:00")],
+    }
+    req = msgspec.structs.replace(request([US_THYROID, ECG], rows), max_plans=4)
+    result = make_plans(req, CHECKER)
+    assert result.complete_search
+    assert_valid(req, result, CHECKER)
+    one_day = result.plans[:3]
+    # Not the same morning shifted by half an hour: each alternative is another day...
+    assert [p.days for p in one_day] == [[d] for d in days]
+    assert all(p.minutes_in_hospital == 90 for p in one_day)
+    # ...or another split of the exams over the days.
+    assert result.plans[3].visit_days == 2
+    assert exhaustive_best(req, CHECKER) == plan_score(result.plans[0])
+
+
+def test_a_min_gap_across_days_can_prefer_a_longer_first_day() -> None:
+    """The first day's shortest schedule ends the iodine CT at 09:00, which rules out the second
+    iodine CT's 08:00 window a week later; the longer first day (CT at 07:00) makes the second day
+    far shorter. The first day must offer both schedules (a Pareto set), not just its best."""
+    checker = checker_of([r for r in RULES if r["id"] == "T06-IODINE-TWICE-7D"])
+    week = MONDAY + timedelta(days=7)
+    rows = {
+        "CT-ABD-C": [
+            ("CT1", "main", at(MONDAY, "07:00"), at(MONDAY, "07:30")),
+            ("CT1", "main", at(MONDAY, "08:30"), at(MONDAY, "09:00")),
+        ],
+        "ECG-REST": [("ECG1", "main", at(MONDAY, "08:00"), at(MONDAY, "08:30"))],
+        "CT-CHEST-C": [
+            ("CT2", "main", at(week, "08:00"), at(week, "08:30")),
+            ("CT2", "main", at(week, "15:00"), at(week, "15:30")),
+        ],
+        "MR-HEAD": [("MR1", "main", at(week, "08:30"), at(week, "09:00"))],
+    }
+    req = request([CT_ABD_C, ECG, CT_CHEST_C, MR_HEAD], rows)
+    result = make_plans(req, checker)
+    assert result.complete_search
+    assert_valid(req, result, checker)
+    best = result.plans[0]
+    assert best.days == [MONDAY, week] and not best.unplaced
+    assert best.minutes_in_hospital == 90 + 60  # not 60 + 420
+    assert local(item_of(best, "CT-ABD-C").starts_at).time() == time(7)
+    assert exhaustive_best(req, checker) == plan_score(best)
 
 
 def test_selector_sanity() -> None:

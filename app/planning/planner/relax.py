@@ -1,0 +1,271 @@
+"""Lower bounds of the schedules of a set of exams on one day, for the cross-day search (which
+blocks to try first, which to cut) and for the single-day solver (which suffixes to cut).
+
+`bounds` is cheap: the first start is at most every exam's latest start, the last end at least
+every exam's earliest end, and the span at least the durations plus least gaps.
+
+`relaxed` is the relaxed DP (`_tabulate`): a chain of exams in which only the gaps between
+consecutive exams (travel and min gaps, with the travel gap waived on a resource both may use),
+the order rules and, for the first exam, the thresholds and the preparation window are kept.
+Every valid schedule is such a chain, so its least span and end are lower bounds. The DP is
+tabulated per day, one vector per set of exams left (built on demand from the sets one smaller)
+over every (last exam, end of that exam), with C-level gathers and `min` maps: at most a few
+hundred list operations per day instead of thousands of memoised calls, and every later query
+(the search's blocks, the solver's first exams and suffixes) is then a list lookup.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+from itertools import repeat
+from operator import attrgetter, itemgetter
+
+from app.planning.planner.core import INF, _Core
+from app.planning.planner.prepare import _Item
+
+
+class _DayBounds:
+    """A day's candidates, their lower bounds and the patient's constraints on it."""
+
+    def __init__(self, core: _Core, day: int) -> None:
+        self.core = core
+        self.day = day
+        n = core.n
+        self.items = [core.by_day[j].get(day, []) for j in range(n)]
+        self.starts = [[c.s for c in lst] for lst in self.items]
+        self.min_e = [_suffix_min([c.e for c in lst]) for lst in self.items]
+        self.reps: list[list[_Item | None]] | None = None  # see _representatives
+        self.all: list[_Item] | None = None  # the day's candidates in tie-break order, on demand
+        self.bad = core.day_bad[day]
+        self.ok: dict[int, bool] = {}
+        self.table: list[list[int] | None] | None = None  # the relaxed DP (see _tabulate), on demand
+        self.epos: list[dict[int, int]] = []
+        self.t0 = min((st[0] for st in self.starts if st), default=INF)  # the day's first start
+        self.first: dict[int, bool] = {}
+        self.relaxed_memo: dict[object, tuple[int, int]] = {}
+        self.first_lists: dict[int, list[_Item]] = {}
+        self.prep = core.prep_check
+        self.existing = core.existing_by_day.get(day, [])
+
+    def available(self, rest: int, thr: tuple[int, ...]) -> int:
+        """The exams of `rest` with a candidate on the day that starts no earlier than allowed."""
+        out = 0
+        for j in self.core.bits[rest]:
+            st = self.starts[j]
+            if st and st[-1] >= thr[j]:
+                out |= 1 << j
+        return out
+
+    def pair_ok(self, mask: int) -> bool:
+        got = self.ok.get(mask)
+        if got is None:
+            bad = self.bad
+            got = self.ok[mask] = all(not mask & bad[j] for j in self.core.bits[mask])
+        return got
+
+    def bounds(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
+        """Least span and least end of a schedule of `mask` on the day (INF: none): the first
+        start is at most every exam's latest start, the last end at least every exam's earliest
+        end, and the span at least the durations plus least gaps."""
+        first = INF
+        latest = INF
+        end = 0
+        for j in self.core.bits[mask]:
+            st = self.starts[j]
+            k = bisect_left(st, thr[j])
+            if k == len(st):
+                return INF, INF
+            first = min(first, st[k])
+            latest = min(latest, st[-1])
+            end = max(end, self.min_e[j][k])
+        span = max(self.core.lbspan[mask], end - latest)
+        return span, max(end, first + span)
+
+    def relaxed(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
+        """Least span and least end of a schedule of `mask` on the day under the relaxation of
+        `_tabulate` (any first window that meets its threshold and the preparation window, of an
+        exam every other may follow, then the relaxed suffix), and no less than `bounds`; INF when
+        none. One window per (exam, start, end) suffices: the relaxation sees the resources of an
+        exam on the day, not those of one window. A window is skipped when even the least suffix
+        (`core.sum_w`: least durations and gaps) cannot improve either value.
+        Memoised on the thresholds as the day's candidates see them."""
+        core = self.core
+        if not thr or max(thr) <= self.t0:
+            key: object = mask
+        else:
+            key = (mask, tuple([self._at(j, thr[j]) for j in core.bits[mask]]))
+        got = self.relaxed_memo.get(key)
+        if got is None:
+            span, end = INF, INF
+            lo_span, lo_end = self.bounds(mask, thr)
+            if lo_end < INF:
+                nb_union = core.nb_union
+                for j in core.bits[mask]:
+                    rem = mask & ~(1 << j)
+                    if nb_union[rem] >> j & 1:
+                        continue
+                    least = core.sum_w[rem]  # the suffix takes at least this long (see _relax)
+                    reps = (self.reps or self._representatives())[j]
+                    for i in range(bisect_left(self.starts[j], thr[j]), len(reps)):
+                        f = reps[i]
+                        if f is None or (f.e - f.s + least >= span and f.e + least >= end):
+                            continue
+                        if not self._first_ok(f):
+                            continue
+                        e = self._relax(rem, f.e, j)
+                        if e < INF:
+                            if e - f.s < span:
+                                span = e - f.s
+                            if e < end:
+                                end = e
+            got = self.relaxed_memo[key] = (max(span, lo_span), max(end, lo_end)) if end < INF else (INF, INF)
+        return got
+
+    def _representatives(self) -> list[list[_Item | None]]:
+        """Per exam, per candidate: itself, or None when an earlier one has the same start and end
+        (the relaxation does not see resources)."""
+        self.reps = []
+        for lst in self.items:
+            seen: set[tuple[int, int]] = set()
+            reps: list[_Item | None] = []
+            for c in lst:
+                reps.append(None if (c.s, c.e) in seen else c)
+                seen.add((c.s, c.e))
+            self.reps.append(reps)
+        return self.reps
+
+    def _at(self, j: int, t: int) -> int:
+        """The first start of exam j on the day no earlier than t (INF: none)."""
+        st = self.starts[j]
+        k = bisect_left(st, t)
+        return st[k] if k < len(st) else INF
+
+    def firsts(self, mask: int) -> list[_Item]:
+        """The candidates of the exams of `mask` on the day, in tie-break order."""
+        got = self.first_lists.get(mask)
+        if got is None:
+            if self.all is None:
+                self.all = sorted((c for lst in self.items for c in lst), key=_idx)
+            got = self.first_lists[mask] = [c for c in self.all if mask >> c.j & 1]
+        return got
+
+    def _relax(self, rem: int, t: int, k: int) -> int:
+        """Least end of placing `rem` after exam k that ends at t (an end of one of k's windows of
+        the day), relaxed: see `_tabulate`."""
+        if not rem:
+            return t
+        table = self.table
+        if table is None:
+            table = self._tabulate()
+        row = table[rem]
+        if row is None:
+            row = self._row(rem)
+        return row[self.epos[k][t]]
+
+    def _tabulate(self) -> list[list[int] | None]:
+        """The relaxed DP of the day: for every set of exams left and every end of a window of an
+        exam k placed last, the least end of the set after it.
+
+        Relaxation: each next exam j in any of its windows of the day that starts `core.gd[k][j]`
+        (travel and min gaps) after the exam before it ends, or only `core.after[k][j]` after when
+        the window is on a resource k has a window on this day (the travel gap is waived on the
+        same resource), and only when every exam after it may follow it (order rules); no other
+        rule. Every valid schedule is such a chain, and the least end of a chain grows with the
+        end before it, so the next exam's least end is the right one to go on from: the value is
+        a lower bound on the end of any suffix. One vector per set left (`_row`, built on demand
+        from the sets one smaller), over the (k, end of k) pairs, then INF: the least over the
+        next exam j of a C-level gather (`itemgetter`) from the vector of the set without j.
+        Cheap per state, and each query is then a lookup."""
+        n = self.core.n
+        ends = self.ends = [sorted({c.e for c in lst}) for lst in self.items]
+        base = [0] * n
+        for k in range(1, n):
+            base[k] = base[k - 1] + len(ends[k - 1])
+        self.size = base[-1] + len(ends[-1]) if n else 0  # position `size`: INF
+        self.epos = [{t: base[k] + a for a, t in enumerate(ends[k])} for k in range(n)]
+        self.gather: list[Callable[[list[int]], tuple[int, ...]] | None] = [None] * n
+        self.resources = [{c.res for c in lst} for lst in self.items]
+        self.present = sum(1 << j for j in range(n) if ends[j])
+        self.none = [INF] * (self.size + 1)
+        table: list[list[int] | None] = [None] * (1 << n)
+        table[0] = [t for e in ends for t in e] + [INF]
+        self.table = table
+        return table
+
+    def _row(self, rem: int) -> list[int]:
+        """The vector of the set `rem` (see `_tabulate`)."""
+        table = self.table
+        assert table is not None
+        if rem & ~self.present:
+            table[rem] = self.none  # an exam without a window on the day
+            return self.none
+        core = self.core
+        nb_union = core.nb_union
+        acc: Iterable[int] | None = None
+        for j in core.bits[rem]:
+            r2 = rem & ~(1 << j)
+            if nb_union[r2] >> j & 1:
+                continue
+            sub = table[r2]
+            if sub is None:
+                sub = self._row(r2)
+            get = self.gather[j]
+            if get is None:
+                get = self.gather[j] = self._gather(j)
+            vals = get(sub)
+            acc = vals if acc is None else map(min, acc, vals)
+        row = table[rem] = [*acc, INF] if acc is not None else self.none
+        return row
+
+    def _gather(self, j: int) -> Callable[[list[int]], tuple[int, ...]]:
+        """Per (k, end of k), the position of exam j's least end after it (INF when none or k = j),
+        as a gather from a vector."""
+        core = self.core
+        ends, size = self.ends, self.size
+        st = self.starts[j]
+        me = [*self.min_e[j], INF]
+        pos = {**self.epos[j], INF: size}
+        idx: list[int] = []
+        for k in range(core.n):
+            if not ends[k]:
+                continue
+            if k == j:
+                idx += [size] * len(ends[k])
+                continue
+            mine = self.resources[k]
+            same = [c for c in self.items[j] if c.res in mine] if mine & self.resources[j] else []
+            gap, after = core.gd[k][j], core.after[k][j]
+            e = itemgetter(*map(bisect_left, repeat(st), [t + gap for t in ends[k]]))(me)
+            if same:
+                ss = [c.s for c in same]
+                sme = [*_suffix_min([c.e for c in same]), INF]
+                e2 = itemgetter(*map(bisect_left, repeat(ss), [t + after for t in ends[k]]))(sme)
+                e = tuple(map(min, e, e2)) if len(ends[k]) > 1 else min(e, e2)
+            idx += map(pos.__getitem__, e) if len(ends[k]) > 1 else [pos[e]]
+        return itemgetter(*idx) if len(idx) > 1 else _one(idx[0])
+
+    def _first_ok(self, f: _Item) -> bool:
+        """The preparation window, for f opening its day (with the patient's other appointments)."""
+        if self.prep is None:
+            return True
+        got = self.first.get(f.idx)
+        if got is None:
+            got = not any(f.key in v.keys for v in self.prep.day([*self.existing, f.placed]))
+            self.first[f.idx] = got
+        return got
+
+
+_idx = attrgetter("idx")
+
+
+def _one(i: int) -> Callable[[list[int]], tuple[int, ...]]:
+    """A gather of one position, as a 1-tuple (like `itemgetter` of several)."""
+    return lambda values: (values[i],)
+
+
+def _suffix_min(values: list[int]) -> list[int]:
+    out = list(values)
+    for k in range(len(out) - 2, -1, -1):
+        out[k] = min(out[k], out[k + 1])
+    return out
