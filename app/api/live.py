@@ -138,6 +138,7 @@ _ASSETS = {
     "huiyue.css": "text/css",
     "grid.js": "text/javascript",
     "wall.js": "text/javascript",
+    "clinic.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -156,6 +157,10 @@ async def wall_page(request: Request) -> Response:
     return _html("wall.html")
 
 
+async def clinic_page(request: Request) -> Response:
+    return _html("clinic.html")
+
+
 async def asset(request: Request) -> Response:
     name = request.path_params["name"]
     media = _ASSETS.get(name)
@@ -172,6 +177,9 @@ async def plotly_js(request: Request) -> Response:
 routes = [
     page_route("/grid", grid_page, roles=PUBLIC, summary="Live slot grid (page; its data needs a staff login)"),
     page_route("/wall", wall_page, roles=PUBLIC, summary="Utilisation wall (page; its data needs a head's login)"),
+    page_route(
+        "/clinic", clinic_page, roles=PUBLIC, summary="Clinic workstation page, ?patient_id=&orders= (data: doctors)"
+    ),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
     api_route(

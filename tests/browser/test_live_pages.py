@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime, time, timedelta
 from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from app.services import Services
-from tests.helpers import future_day, open_slots
+from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots
 from tests.live_server import book_through_api, serve_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -99,3 +100,33 @@ async def test_the_wall_draws_its_charts_and_moves_when_bookings_arrive(services
         await page.wait_for_function("document.getElementById('t-bookings').textContent === '3'", timeout=10000)
         assert await page.locator("#c-bookings .bars .point").count() > bars  # a radiology bar appeared
         await page.screenshot(path=SHOTS / "wall-after-booking.png")
+
+
+async def test_the_clinic_page_tells_the_doctor_to_send_the_patient_to_the_booking_centre(
+    services: Services, browser: Browser
+) -> None:
+    today = services.reconciler.today()
+    admin = await actor_for(services, "admin")
+    tz = services.reconciler.tz
+    for rid in services.catalogue.resources_for(exam_code="ECG-REST"):  # today is full for ECG, whatever the hour
+        await services.pool_admin.lock(
+            admin,
+            rid,
+            datetime.combine(today, time(0, 0), tz),
+            datetime.combine(today + timedelta(days=1), time(0, 0), tz),
+            None,
+            "maintenance",
+            "设备检修",
+        )
+    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, ["ECG-REST"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.goto(f"{base}/clinic?patient_id={pid}&orders={order}")
+        await login(page, "doctor")
+        panel = page.locator("#go-to-centre")
+        await panel.wait_for()
+        assert "请患者到预约中心预约" in (await panel.text_content() or "")
+        assert "已无可用号源" in (await page.text_content("#go-to-centre .reason") or "")
+        assert await page.locator("#go-to-centre table.plan tbody tr").count() >= 1  # the earliest options
+        await page.screenshot(path=SHOTS / "clinic-go-to-centre.png", full_page=True)

@@ -50,6 +50,7 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         # Pages and their local scripts: no data in them; their data calls need a login.
         "/grid",
         "/wall",
+        "/clinic",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }
