@@ -16,15 +16,14 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from app.api import admin, appointments, auth, catalogue, clinic, devices, health, live, patients, plans, rules
+from app.api import admin, appointments, auth, catalogue, clinic, devices, health, live, pages, patients, plans, rules
 from app.api.openapi import build_openapi
 from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
-from app.api.routing import PUBLIC, Call, api_route, json_response, page_route, set_display_zone
+from app.api.routing import PUBLIC, Call, api_route, json_response, set_display_zone
 from app.background import run_background
 from app.errors import AppError
 from app.services import Services
 from app.settings import Settings, load_settings
-from dashboards.pages import index
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,8 @@ def _version() -> str:
 
 
 def build_routes() -> list[BaseRoute]:
-    routes: list[BaseRoute] = [page_route("/", index, roles=PUBLIC, summary="Landing page")]
-    for module in (health, auth, catalogue, appointments, patients, plans, clinic, rules, admin, devices, live):
+    routes: list[BaseRoute] = []
+    for module in (pages, health, auth, catalogue, appointments, patients, plans, clinic, rules, admin, devices, live):
         routes += module.routes
 
     async def openapi(call: Call) -> Response:

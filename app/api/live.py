@@ -1,20 +1,17 @@
-"""Live screens: the slot grid and the utilisation wall — their pages, their WebSockets, and the
-same data over plain HTTP for systems that poll."""
+"""Live screens: the slot grid and the utilisation wall — their WebSockets, and the same data over
+plain HTTP for systems that poll. (The pages are in app/api/pages.py.)"""
 
 from __future__ import annotations
 
 from datetime import date
-from importlib import resources, util
-from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
 import orjson
-from starlette.requests import Request
-from starlette.responses import FileResponse, HTMLResponse, Response
+from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from app.api.routing import PUBLIC, STAFF, Call, api_route, page_route, ws_route
+from app.api.routing import STAFF, Call, api_route, ws_route
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
 from app.services import Services
@@ -130,58 +127,7 @@ async def live_stats(call: Call) -> dict[str, Any]:
     }
 
 
-# -- pages and their local assets ---------------------------------------------------------------
-
-_STATIC = resources.files("dashboards").joinpath("static")
-_ASSETS = {
-    "huiyue.js": "text/javascript",
-    "huiyue.css": "text/css",
-    "grid.js": "text/javascript",
-    "wall.js": "text/javascript",
-    "clinic.js": "text/javascript",
-}
-_PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
-_PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
-_CACHE = {"cache-control": "public, max-age=3600"}
-
-
-def _html(name: str) -> HTMLResponse:
-    return HTMLResponse(_STATIC.joinpath(name).read_text(encoding="utf-8"))
-
-
-async def grid_page(request: Request) -> Response:
-    return _html("grid.html")
-
-
-async def wall_page(request: Request) -> Response:
-    return _html("wall.html")
-
-
-async def clinic_page(request: Request) -> Response:
-    return _html("clinic.html")
-
-
-async def asset(request: Request) -> Response:
-    name = request.path_params["name"]
-    media = _ASSETS.get(name)
-    if media is None:
-        raise NotFound("文件不存在", detail=f"no asset {name}")
-    return Response(_STATIC.joinpath(name).read_bytes(), media_type=media, headers=_CACHE)
-
-
-async def plotly_js(request: Request) -> Response:
-    """plotly.js as shipped inside the plotly package: the wall needs no internet."""
-    return FileResponse(_PLOTLY, media_type="text/javascript", headers=_CACHE)
-
-
 routes = [
-    page_route("/grid", grid_page, roles=PUBLIC, summary="Live slot grid (page; its data needs a staff login)"),
-    page_route("/wall", wall_page, roles=PUBLIC, summary="Utilisation wall (page; its data needs a head's login)"),
-    page_route(
-        "/clinic", clinic_page, roles=PUBLIC, summary="Clinic workstation page, ?patient_id=&orders= (data: doctors)"
-    ),
-    page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
-    page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
     api_route(
         "/api/v1/live/grid",
         grid,
