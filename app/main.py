@@ -16,7 +16,21 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.routing import BaseRoute
 
-from app.api import admin, appointments, auth, catalogue, clinic, devices, health, live, pages, patients, plans, rules
+from app.api import (
+    admin,
+    appointments,
+    auth,
+    catalogue,
+    clinic,
+    devices,
+    health,
+    live,
+    pages,
+    patients,
+    plans,
+    rules,
+    slips,
+)
 from app.api.openapi import build_openapi
 from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
 from app.api.routing import PUBLIC, Call, api_route, json_response, set_display_zone
@@ -37,7 +51,22 @@ def _version() -> str:
 
 def build_routes() -> list[BaseRoute]:
     routes: list[BaseRoute] = []
-    for module in (pages, health, auth, catalogue, appointments, patients, plans, clinic, rules, admin, devices, live):
+    modules = [
+        pages,
+        health,
+        auth,
+        catalogue,
+        appointments,
+        patients,
+        plans,
+        clinic,
+        slips,
+        rules,
+        admin,
+        devices,
+        live,
+    ]
+    for module in modules:
         routes += module.routes
 
     async def openapi(call: Call) -> Response:

@@ -23,6 +23,7 @@ from app.planning.rule_service import RuleService
 from app.security.devices import DeviceRegistry
 from app.security.sessions import SessionManager
 from app.settings import Settings
+from app.slips.service import SlipService
 from dashboards.metrics import compute as compute_metrics
 from realtime.live import Live
 from realtime.publisher import EventPublisher
@@ -79,6 +80,7 @@ class Services:
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
         self.clinic = ClinicDesk(self.plans, self.rules)
+        self.slips = SlipService(pool, ZoneInfo(b.timezone))
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s

@@ -19,6 +19,7 @@ _ASSETS = {
     "grid.js": "text/javascript",
     "wall.js": "text/javascript",
     "clinic.js": "text/javascript",
+    "slips.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -54,6 +55,10 @@ async def plotly_js(request: Request) -> Response:
     return FileResponse(_PLOTLY, media_type="text/javascript", headers=_CACHE)
 
 
+async def slips_page(request: Request) -> Response:
+    return _html("slips.html")
+
+
 async def index(request: Request) -> Response:
     return _html("index.html")
 
@@ -65,6 +70,7 @@ routes = [
     page_route(
         "/clinic", clinic_page, roles=PUBLIC, summary="Clinic workstation page, ?patient_id=&orders= (data: doctors)"
     ),
+    page_route("/slips", slips_page, roles=PUBLIC, summary="Printable appointment slips, ?ids= (data: staff)"),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
 ]

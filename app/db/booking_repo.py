@@ -222,3 +222,19 @@ async def check_request(
             list(order_ids),
             list(slot_ids),
         )
+
+
+async def slip_rows(conn: asyncpg.Connection | asyncpg.Pool, appointment_ids: list[int]) -> list[asyncpg.Record]:
+    """What a slip prints for each appointment, in time order."""
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT a.id, a.patient_id, a.status, a.starts_at, a.ends_at, e.name AS exam_name, e.prep_text,
+                      r.name AS resource_name, r.location, p.name AS patient_name, p.mrn, h.name AS hospital_name
+                 FROM appointment a
+                 JOIN exam_type e ON e.code = a.exam_code
+                 JOIN resource r ON r.id = a.resource_id
+                 JOIN patient p ON p.id = a.patient_id
+                 JOIN hospital h ON h.id = a.hospital_id
+                WHERE a.id = ANY($1::bigint[]) ORDER BY a.starts_at, a.id""",
+            appointment_ids,
+        )

@@ -13,6 +13,7 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
 from app.services import Services
+from app.slips.render import appointment_number
 from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots
 from tests.live_server import book_through_api, serve_app
 
@@ -130,3 +131,28 @@ async def test_the_clinic_page_tells_the_doctor_to_send_the_patient_to_the_booki
         assert "已无可用号源" in (await page.text_content("#go-to-centre .reason") or "")
         assert await page.locator("#go-to-centre table.plan tbody tr").count() >= 1  # the earliest options
         await page.screenshot(path=SHOTS / "clinic-go-to-centre.png", full_page=True)
+
+
+async def test_the_printable_slips_page_shows_each_appointment_with_its_barcode(
+    services: Services, browser: Browser
+) -> None:
+    day = future_day(services)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        ids = [
+            await book_through_api(base, services, exam, day, dept)
+            for exam, dept in (("ECG-REST", "ECG"), ("CT-HEAD", "RAD"))
+        ]
+        appointments = await services.pool.fetch(
+            "SELECT id FROM appointment WHERE slot_id = ANY($1::bigint[]) AND status = 'booked' ORDER BY id", ids
+        )
+        numbers = [appointment_number(r["id"]) for r in appointments]
+        page = await browser.new_page(viewport={"width": 1000, "height": 900})
+        await page.goto(f"{base}/slips?ids={','.join(str(r['id']) for r in appointments)}")
+        await login(page, "clerk")
+        for number in numbers:
+            card = page.locator(f"#slip-{number}")
+            await card.wait_for()
+            assert await card.locator("svg").count() == 1
+            assert number in (await card.text_content() or "")
+        await page.screenshot(path=SHOTS / "slips-printable.png", full_page=True)

@@ -51,6 +51,7 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/grid",
         "/wall",
         "/clinic",
+        "/slips",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }
