@@ -30,6 +30,7 @@ from app.api import (
     plans,
     rules,
     slips,
+    ward,
 )
 from app.api.openapi import build_openapi
 from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
@@ -65,6 +66,7 @@ def build_routes() -> list[BaseRoute]:
         admin,
         devices,
         live,
+        ward,
     ]
     for module in modules:
         routes += module.routes

@@ -20,6 +20,7 @@ from app.planning.catalogue import Catalogue
 from app.planning.clinic import ClinicDesk
 from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
+from app.planning.ward import WardStation
 from app.security.devices import DeviceRegistry
 from app.security.sessions import SessionManager
 from app.settings import Settings
@@ -80,6 +81,7 @@ class Services:
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
         self.clinic = ClinicDesk(self.plans, self.rules)
+        self.ward = WardStation(pool, self.plans)
         self.slips = SlipService(pool, ZoneInfo(b.timezone))
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(

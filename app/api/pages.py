@@ -20,6 +20,7 @@ _ASSETS = {
     "wall.js": "text/javascript",
     "clinic.js": "text/javascript",
     "slips.js": "text/javascript",
+    "ward.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -59,6 +60,10 @@ async def slips_page(request: Request) -> Response:
     return _html("slips.html")
 
 
+async def ward_page(request: Request) -> Response:
+    return _html("ward.html")
+
+
 async def index(request: Request) -> Response:
     return _html("index.html")
 
@@ -71,6 +76,7 @@ routes = [
         "/clinic", clinic_page, roles=PUBLIC, summary="Clinic workstation page, ?patient_id=&orders= (data: doctors)"
     ),
     page_route("/slips", slips_page, roles=PUBLIC, summary="Printable appointment slips, ?ids= (data: staff)"),
+    page_route("/ward", ward_page, roles=PUBLIC, summary="Ward nurse station: batch booking (data: ward nurses)"),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
 ]

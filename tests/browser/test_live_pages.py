@@ -156,3 +156,29 @@ async def test_the_printable_slips_page_shows_each_appointment_with_its_barcode(
             assert await card.locator("svg").count() == 1
             assert number in (await card.text_content() or "")
         await page.screenshot(path=SHOTS / "slips-printable.png", full_page=True)
+
+
+async def test_a_nurse_batch_books_five_inpatients_and_opens_their_slips(services: Services, browser: Browser) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(f"{base}/ward")
+        await login(page, "nurse")
+        picks = page.locator(".pick")
+        await picks.first.wait_for()
+        assert await picks.count() >= 5
+        for n in range(5):
+            await picks.nth(n).check()
+        await page.screenshot(path=SHOTS / "ward-selected.png", full_page=True)
+        await page.click("#batch")
+        await page.locator("#results tbody tr.ok").nth(4).wait_for(timeout=30000)
+        assert await page.locator("#results tbody tr.ok").count() == 5
+        await page.screenshot(path=SHOTS / "ward-booked.png", full_page=True)
+        href = await page.get_attribute("#slips", "href")
+        assert href and href.startswith("/slips?ids=")
+        ids = href.split("=", 1)[1].split(",")
+        slips = await browser.new_page(viewport={"width": 1000, "height": 900})
+        await slips.goto(base + href)
+        await login(slips, "nurse")
+        await slips.locator("section.slip").nth(len(ids) - 1).wait_for()
+        assert await slips.locator("section.slip svg").count() == len(ids)

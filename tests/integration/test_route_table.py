@@ -52,6 +52,7 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/wall",
         "/clinic",
         "/slips",
+        "/ward",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }
