@@ -29,6 +29,7 @@ from app.api import (
     patients,
     plans,
     rules,
+    self_service,
     slips,
     ward,
 )
@@ -67,6 +68,7 @@ def build_routes() -> list[BaseRoute]:
         devices,
         live,
         ward,
+        self_service,
     ]
     for module in modules:
         routes += module.routes

@@ -22,6 +22,7 @@ from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
 from app.planning.ward import WardStation
 from app.security.devices import DeviceRegistry
+from app.security.identity import DemoHisAdapter, IdentityAdapter
 from app.security.sessions import SessionManager
 from app.settings import Settings
 from app.slips.service import SlipService
@@ -88,6 +89,7 @@ class Services:
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )
         self.devices = DeviceRegistry(pool, b.hospital_id)
+        self.identity: IdentityAdapter = DemoHisAdapter(pool)  # the hospital's HIS / insurance look-up
         self.live = Live(
             redis,
             self.keys,

@@ -50,3 +50,23 @@ async def live_session(conn: asyncpg.Connection | asyncpg.Pool, token_hash: str)
 async def revoke_session(conn: asyncpg.Connection | asyncpg.Pool, token_hash: str) -> None:
     async with database_errors():
         await conn.execute("UPDATE staff_session SET revoked_at = now() WHERE token_hash = $1", token_hash)
+
+
+async def ensure_patient_user(conn: asyncpg.Pool, hospital_id: str, patient_id: int, display_name: str) -> int:
+    """The account a patient acts through at a kiosk or on the phone (role patient, no password:
+    it is reached only through an identity check). Created on first use."""
+    async with database_errors(), conn.acquire() as c, c.transaction():
+        user_id = await c.fetchval(
+            """INSERT INTO staff_user (hospital_id, username, display_name, password_hash, patient_id)
+               VALUES ($1, $2, $3, '!', $4)
+               ON CONFLICT (username) DO UPDATE SET display_name = EXCLUDED.display_name
+               RETURNING id""",
+            hospital_id,
+            f"p:{patient_id}",
+            display_name,
+            patient_id,
+        )
+        await c.execute(
+            "INSERT INTO staff_role (user_id, role_code) VALUES ($1, 'patient') ON CONFLICT DO NOTHING", user_id
+        )
+        return int(user_id)

@@ -56,6 +56,24 @@ class SessionManager:
         self.ttl_s = ttl_s
         self.cache_s = cache_s
 
+    async def patient_session(
+        self, hospital_id: str, patient_id: int, name: str, terminal: str, ip: str, ttl_s: int
+    ) -> LoginResult:
+        """A short session for a patient who passed a self-service identity check."""
+        user_id = await auth_repo.ensure_patient_user(self.pool, hospital_id, patient_id, name)
+        token = secrets.token_urlsafe(32)
+        expires_at = datetime.now(UTC) + timedelta(seconds=ttl_s)
+        await auth_repo.insert_session(self.pool, token_hash(token), user_id, expires_at, terminal, ip)
+        actor = Actor(
+            user_id=user_id,
+            username=f"p:{patient_id}",
+            roles=frozenset({"patient"}),
+            patient_id=patient_id,
+            terminal=terminal,
+            ip=ip,
+        )
+        return LoginResult(token=token, expires_at=expires_at, actor=actor)
+
     async def login(self, username: str, password: str, terminal: str = "", ip: str = "") -> LoginResult:
         user = await auth_repo.user_by_username(self.pool, username)
         # argon2 takes a few hundred milliseconds of CPU on purpose: off the event loop, so one

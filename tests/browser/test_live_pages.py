@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
+from app.demo.data import PATIENTS
 from app.services import Services
 from app.slips.render import appointment_number
 from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots
@@ -182,3 +183,27 @@ async def test_a_nurse_batch_books_five_inpatients_and_opens_their_slips(service
         await login(slips, "nurse")
         await slips.locator("section.slip").nth(len(ids) - 1).wait_for()
         assert await slips.locator("section.slip svg").count() == len(ids)
+
+
+async def test_a_patient_self_books_on_a_phone_and_cancels_one(services: Services, browser: Browser) -> None:
+    who = PATIENTS[3]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
+        await page.goto(f"{base}/self")
+        await page.fill("input[name=id_number]", who.id_number or "")
+        await page.fill("input[name=name]", who.name)
+        await page.click("#id-form button")
+        await page.locator("#order-list li").first.wait_for()
+        pending = await page.locator("#order-list li").count()
+        await page.click("#plan")
+        await page.locator("#plan-body li").first.wait_for(timeout=20000)
+        await page.screenshot(path=SHOTS / "self-proposal.png", full_page=True)
+        await page.click("#confirm")
+        await page.locator("#done").wait_for(state="visible", timeout=20000)
+        await page.locator("#mine-list li").first.wait_for()
+        booked = await page.locator("#mine-list li").count()
+        assert 1 <= booked <= pending
+        await page.screenshot(path=SHOTS / "self-booked.png", full_page=True)
+        await page.locator("#mine-list li button").first.click()
+        await page.wait_for_function(f"document.querySelectorAll('#mine-list li').length === {booked - 1}")

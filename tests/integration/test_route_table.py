@@ -47,12 +47,14 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/ping",
         "/openapi.json",
         "/api/v1/auth/login",
+        "/api/v1/self/identify",
         # Pages and their local scripts: no data in them; their data calls need a login.
         "/grid",
         "/wall",
         "/clinic",
         "/slips",
         "/ward",
+        "/self",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }

@@ -1,0 +1,38 @@
+"""Self-service identity: the ID number's checksum, then the patient index; a short patient session
+that reaches only that patient's records; every identification audited."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.demo.data import PATIENTS
+from app.main import create_app
+from app.services import Services
+
+
+async def test_identity_check_gives_a_patient_session_for_his_own_records_only(services: Services) -> None:
+    who = PATIENTS[3]
+    assert who.id_number
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        bad = who.id_number[:-1] + ("0" if who.id_number[-1] != "0" else "1")  # checksum broken
+        r = await c.post("/api/v1/self/identify", json={"id_number": bad, "name": who.name})
+        assert r.status_code == 422 and "身份证号码不正确" in r.json()["title"]
+        r = await c.post("/api/v1/self/identify", json={"id_number": who.id_number, "name": who.name + "x"})
+        assert r.status_code == 401 and "人工服务窗口" in r.json()["title"]
+        r = await c.post("/api/v1/self/identify", json={"id_number": who.id_number.lower(), "name": f" {who.name} "})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert "*" in body["name"] and body["name"] != who.name
+        me = {"authorization": f"Bearer {body['token']}"}
+        pid = body["patient_id"]
+        assert (await c.get(f"/api/v1/patients/{pid}/orders", headers=me)).status_code == 200
+        assert (await c.get(f"/api/v1/patients/{pid + 1}/orders", headers=me)).status_code == 403
+        # No password reaches that account.
+        r = await c.post("/api/v1/auth/login", json={"username": f"p:{pid}", "password": "!"})
+        assert r.status_code == 401
+    audited = await services.pool.fetchval(
+        "SELECT count(*) FROM audit_log WHERE action = 'identify' AND patient_id = $1", pid
+    )
+    assert audited == 1
