@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from app.booking.keys import KeyBuilder
 from app.booking.pools import PoolAdmin
 from app.booking.reconcile import Reconciler
+from app.booking.relocate import Relocator
 from app.booking.service import BookingService
 from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
@@ -84,6 +85,7 @@ class Services:
         self.clinic = ClinicDesk(self.plans, self.rules)
         self.ward = WardStation(pool, self.plans)
         self.slips = SlipService(pool, ZoneInfo(b.timezone))
+        self.relocator = Relocator(pool, self.store, self.booking, self.reconciler)
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s

@@ -9,6 +9,7 @@ import msgspec
 
 from app.api.routing import Call, api_route
 from app.booking.pools import GenerationReport, LockReport
+from app.booking.relocate import Move
 from app.db import slot_repo
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
@@ -61,14 +62,26 @@ async def generate(call: Call) -> GenerationReport:
     return await call.services.pool_admin.generate(b.start, b.days)
 
 
-async def create_lock(call: Call) -> LockReport:
+class LockReply(msgspec.Struct):
+    lock_id: int
+    slots: int
+    live_bookings: int
+    moves: list[Move]  # the bookings that were in the window: moved, or to be handled by hand
+
+
+async def create_lock(call: Call) -> LockReply:
     b: LockBody = call.body
     if b.starts_at.tzinfo is None or b.ends_at.tzinfo is None:
         raise ValidationFailed("时间需带时区，例如 2026-12-01T08:00:00+08:00", detail="naive datetime")
     _check_department(call, call.staff, b.resource_id)
-    return await call.services.pool_admin.lock(
-        call.staff, b.resource_id, b.starts_at, b.ends_at, b.channels, b.kind, b.reason
-    )
+    s = call.services
+    report = await s.pool_admin.lock(call.staff, b.resource_id, b.starts_at, b.ends_at, b.channels, b.kind, b.reason)
+    moves = []
+    if report.live_bookings:
+        moves = await s.relocator.move_out(
+            call.staff, s.catalogue, b.resource_id, b.starts_at, b.ends_at, b.channels, b.reason
+        )
+    return LockReply(report.lock_id, report.slots, report.live_bookings, moves)
 
 
 async def list_locks(call: Call) -> list[dict[str, Any]]:
@@ -117,10 +130,11 @@ routes = [
         methods=("POST",),
         roles=POOL_ADMINS,
         status=201,
-        summary="Lock windows of a resource for all or some channels",
+        summary="Lock windows of a resource for all or some channels; its bookings move to the nearest slot the "
+        "rules allow and the patients are told",
         tag="admin",
         body=LockBody,
-        response=LockReport,
+        response=LockReply,
     ),
     api_route(
         "/api/v1/admin/locks",

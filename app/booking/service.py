@@ -55,6 +55,8 @@ ROLE_CHANNELS: dict[str, frozenset[str]] = {
     "nurse": frozenset({"ward"}),
     "patient": frozenset({"self"}),
     "sys_admin": frozenset(CHANNELS),
+    # The platform itself (moving bookings out of a locked window): never a session's role.
+    "system": frozenset(CHANNELS),
 }
 
 MAX_BUNDLE = 10

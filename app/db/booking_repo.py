@@ -238,3 +238,35 @@ async def slip_rows(conn: asyncpg.Connection | asyncpg.Pool, appointment_ids: li
                 WHERE a.id = ANY($1::bigint[]) ORDER BY a.starts_at, a.id""",
             appointment_ids,
         )
+
+
+async def live_in_window(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    resource_id: str,
+    starts_at: datetime,
+    ends_at: datetime,
+    channels: list[str] | None,
+) -> list[asyncpg.Record]:
+    """Live appointments on the resource overlapping the window (of the channels, or all)."""
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT id, patient_id, order_id, exam_code, slot_id, day, starts_at, ends_at, channel
+                 FROM appointment
+                WHERE resource_id = $1 AND status = 'booked' AND starts_at < $3 AND $2 < ends_at
+                  AND ($4::text[] IS NULL OR channel = ANY($4::text[]))
+                ORDER BY starts_at, id""",
+            resource_id,
+            starts_at,
+            ends_at,
+            channels,
+        )
+
+
+async def insert_notice(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int, payload: dict[str, Any]) -> None:
+    """A message for the patient (SMS / WeChat), delivered by the outbox relay."""
+    async with database_errors():
+        await conn.execute(
+            "INSERT INTO outbox (topic, aggregate_id, payload) VALUES ('patient.notice', $1, $2)",
+            str(patient_id),
+            payload,
+        )
