@@ -1,5 +1,6 @@
-"""Background roles run inside the app process in the default set-up: the hold reaper and the
-rebuild of days whose Redis update failed. Production can run them as `python -m app worker`."""
+"""Background roles run inside the app process in the default set-up: the hold reaper, the
+rebuild of days whose Redis update failed, and the release of reserved quotas at their set time.
+Production can run them as `python -m app worker`."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import asyncio
 import contextlib
 import logging
 import time
+from datetime import UTC, datetime
 
+from app.booking.quota_release import release_due
 from app.booking.reaper import reap_expired
 from app.errors import AppError
 from app.services import Services
@@ -22,6 +25,7 @@ async def sweep_once(services: Services) -> None:
     )
     if report.released or report.confirmed:
         logger.info("reaper: released %d, confirmed %d", report.released, report.confirmed)
+    await release_due(services.pool, services.reconciler, services.settings.booking.hospital_id, datetime.now(UTC))
 
 
 async def run_background(services: Services, stop: asyncio.Event) -> None:

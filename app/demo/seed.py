@@ -231,3 +231,9 @@ async def _seed_rules_and_facts(conn: asyncpg.Connection, hospital_id: str, pati
     await rules_repo.replace_rules(conn, hospital_id, load_default_rules(), actor_id=None)
     for mrn, facts in sorted(data.PATIENT_FACTS.items()):
         await rules_repo.add_facts(conn, patient_ids[mrn], facts, "his", actor_id=None)
+    # DOMAIN §3: the ward's reserve of a day goes to every channel at 16:00 the day before.
+    await conn.execute(
+        """INSERT INTO quota_release_rule (hospital_id, channel, days_before, at_time)
+           VALUES ($1, 'ward', 1, TIME '16:00') ON CONFLICT DO NOTHING""",
+        hospital_id,
+    )
