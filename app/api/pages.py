@@ -22,6 +22,7 @@ _ASSETS = {
     "slips.js": "text/javascript",
     "ward.js": "text/javascript",
     "self.js": "text/javascript",
+    "desk.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -69,6 +70,10 @@ async def self_page(request: Request) -> Response:
     return _html("self.html")
 
 
+async def desk_page(request: Request) -> Response:
+    return _html("desk.html")
+
+
 async def index(request: Request) -> Response:
     return _html("index.html")
 
@@ -83,6 +88,7 @@ routes = [
     page_route("/slips", slips_page, roles=PUBLIC, summary="Printable appointment slips, ?ids= (data: staff)"),
     page_route("/ward", ward_page, roles=PUBLIC, summary="Ward nurse station: batch booking (data: ward nurses)"),
     page_route("/self", self_page, roles=PUBLIC, summary="Self-service booking for kiosks and phones (identity check)"),
+    page_route("/desk", desk_page, roles=PUBLIC, summary="Booking centre desk (data: clerks and other staff)"),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
 ]

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
+
+import msgspec
 
 from app.api.routing import Call, api_route
 from app.booking.service import check_patient_access
 from app.db import patient_repo
 from app.errors import NotFound
 from app.security.idcard import mask_id_number, mask_name, mask_phone
+from app.security.identity import checked_id_number
 
 READERS = frozenset({"doctor", "nurse", "clerk", "technician", "sys_admin", "patient"})
 
 
-async def _patient(call: Call) -> dict[str, Any]:
-    patient_id = call.path_int("patient_id")
-    check_patient_access(call.staff, patient_id)
-    row = await patient_repo.patient_by_id(call.services.pool, patient_id)
-    if row is None:
-        raise NotFound("患者不存在", detail=f"patient {patient_id} not found")
+def _summary(row: Any) -> dict[str, Any]:
     return {
         "id": row["id"],
         "mrn": row["mrn"],
@@ -28,6 +26,32 @@ async def _patient(call: Call) -> dict[str, Any]:
         "id_number_masked": mask_id_number(row["id_number"] or ""),
         "phone_masked": mask_phone(row["phone"] or ""),
     }
+
+
+async def _patient(call: Call) -> dict[str, Any]:
+    patient_id = call.path_int("patient_id")
+    check_patient_access(call.staff, patient_id)
+    row = await patient_repo.patient_by_id(call.services.pool, patient_id)
+    if row is None:
+        raise NotFound("患者不存在", detail=f"patient {patient_id} not found")
+    return _summary(row)
+
+
+class LookupQuery(msgspec.Struct, forbid_unknown_fields=True):
+    card: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]  # visit card, its barcode, or ID number
+
+
+async def lookup(call: Call) -> dict[str, Any]:
+    """Find a patient by what the desk scans or types: the visit card (its barcode carries the
+    same number) or the ID number (checked against its checksum first)."""
+    q: LookupQuery = call.query
+    card = q.card.strip()
+    id_number = checked_id_number(card) if len(card) == 18 else None
+    row = await patient_repo.find_patient(call.services.pool, None if id_number else card, id_number)
+    if row is None:
+        raise NotFound("未找到该患者，请核对就诊卡号或身份证号", detail="no patient for that card or id number")
+    await patient_repo.audit(call.services.pool, call.staff, "lookup", "patient", str(row["id"]), row["id"])
+    return _summary(row)
 
 
 async def patient_orders(call: Call) -> dict[str, Any]:
@@ -49,6 +73,14 @@ async def patient_appointments(call: Call) -> dict[str, Any]:
 
 
 routes = [
+    api_route(
+        "/api/v1/patients/lookup",
+        lookup,
+        roles=frozenset({"doctor", "nurse", "clerk", "sys_admin"}),
+        summary="Find a patient by visit card / barcode or ID number (masked, audited)",
+        tag="patients",
+        query=LookupQuery,
+    ),
     api_route(
         "/api/v1/patients/{patient_id:int}/orders",
         patient_orders,

@@ -75,3 +75,17 @@ async def ward_inpatients(conn: asyncpg.Connection | asyncpg.Pool, ward_id: str)
                 ORDER BY o.bed_no NULLS LAST, p.id, o.id""",
             ward_id,
         )
+
+
+async def find_patient(
+    conn: asyncpg.Connection | asyncpg.Pool, mrn: str | None, id_number: str | None
+) -> asyncpg.Record | None:
+    """By visit card / barcode (MRN) or by ID number."""
+    async with database_errors():
+        return await conn.fetchrow(
+            """SELECT id, mrn, name, gender, birth_date, id_number, phone FROM patient
+                WHERE ($1::text IS NOT NULL AND mrn = $1) OR ($2::text IS NOT NULL AND upper(id_number) = $2)
+                ORDER BY id LIMIT 1""",
+            mrn,
+            id_number,
+        )

@@ -207,3 +207,31 @@ async def test_a_patient_self_books_on_a_phone_and_cancels_one(services: Service
         await page.screenshot(path=SHOTS / "self-booked.png", full_page=True)
         await page.locator("#mine-list li button").first.click()
         await page.wait_for_function(f"document.querySelectorAll('#mine-list li').length === {booked - 1}")
+
+
+async def test_a_clerk_finds_a_patient_and_books_a_three_exam_plan(services: Services, browser: Browser) -> None:
+    (pid, orders), *_ = await new_patients_with_orders(services.pool, 1, ["US-THYROID", "ECG-REST", "DX-CHEST"])
+    mrn = await services.pool.fetchval("SELECT mrn FROM patient WHERE id = $1", pid)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+        await page.goto(f"{base}/desk")
+        await login(page, "clerk")
+        await page.fill("#find input[name=card]", mrn)
+        await page.click("#find button")
+        await page.locator("#orders li").nth(2).wait_for()
+        assert await page.locator("#orders li").count() == 3
+        await page.click("#propose")
+        first = page.locator(".plan-option").first
+        await first.wait_for(timeout=20000)
+        assert await first.locator("li").count() == 3  # all three exams placed
+        await page.screenshot(path=SHOTS / "desk-plans.png", full_page=True)
+        await first.locator("button.book").click()
+        await page.locator(".booked").wait_for(timeout=20000)
+        await page.locator("#appt-list li").nth(2).wait_for()
+        assert await page.locator("#appt-list li").count() == 3
+        await page.screenshot(path=SHOTS / "desk-booked.png", full_page=True)
+    booked = await services.pool.fetch(
+        "SELECT channel FROM appointment WHERE patient_id = $1 AND status = 'booked'", pid
+    )
+    assert [r["channel"] for r in booked] == ["desk"] * 3 and len(orders) == 3

@@ -55,6 +55,7 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/slips",
         "/ward",
         "/self",
+        "/desk",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }

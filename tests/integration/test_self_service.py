@@ -8,6 +8,7 @@ import httpx
 from app.demo.data import PATIENTS
 from app.main import create_app
 from app.services import Services
+from tests.helpers import token_for
 
 
 async def test_identity_check_gives_a_patient_session_for_his_own_records_only(services: Services) -> None:
@@ -36,3 +37,19 @@ async def test_identity_check_gives_a_patient_session_for_his_own_records_only(s
         "SELECT count(*) FROM audit_log WHERE action = 'identify' AND patient_id = $1", pid
     )
     assert audited == 1
+
+
+async def test_the_desk_finds_a_patient_by_card_or_id_number(services: Services) -> None:
+    who = PATIENTS[5]
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        clerk = {"authorization": f"Bearer {await token_for(services, 'clerk')}"}
+        by_card = (await c.get("/api/v1/patients/lookup", params={"card": who.mrn}, headers=clerk)).json()
+        by_id = (await c.get("/api/v1/patients/lookup", params={"card": who.id_number}, headers=clerk)).json()
+        assert by_card["id"] == by_id["id"] and by_card["mrn"] == who.mrn
+        assert who.name not in str(by_card) and who.id_number not in str(by_card)  # masked
+        r = await c.get("/api/v1/patients/lookup", params={"card": "NO-SUCH-CARD"}, headers=clerk)
+        assert r.status_code == 404 and "未找到" in r.json()["title"]
+        patient = {"authorization": f"Bearer {await token_for(services, 'patient')}"}
+        assert (await c.get("/api/v1/patients/lookup", params={"card": who.mrn}, headers=patient)).status_code == 403
