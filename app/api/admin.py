@@ -36,6 +36,11 @@ class LockBody(msgspec.Struct, forbid_unknown_fields=True):
     channels: list[Annotated[str, msgspec.Meta(max_length=16)]] | None = None
 
 
+class OverbookBody(msgspec.Struct, forbid_unknown_fields=True):
+    places: Annotated[int, msgspec.Meta(ge=1, le=5)]
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
 class LockQuery(msgspec.Struct, forbid_unknown_fields=True):
     resource_id: str | None = None
 
@@ -84,6 +89,25 @@ async def create_lock(call: Call) -> LockReply:
     return LockReply(report.lock_id, report.slots, report.live_bookings, moves)
 
 
+async def overbook(call: Call) -> dict[str, Any]:
+    """加号: places beyond the template, by a department admin of the slot's department (or a system
+    admin), with a reason; they join the open pool at once."""
+    b: OverbookBody = call.body
+    s = call.services
+    slot_id = call.path_int("slot_id")
+    if not b.reason.strip():
+        raise ValidationFailed("请填写加号原因", detail="reason must not be blank")
+    resource_id = await slot_repo.slot_resource(s.pool, slot_id)
+    if resource_id is None:
+        raise NotFound("号源不存在", detail=f"slot {slot_id} not found")
+    _check_department(call, call.staff, resource_id)
+    row = await slot_repo.overbook(s.pool, slot_id, b.places, b.reason.strip(), call.staff.user_id, call.staff.role)
+    if row is None:
+        raise NotFound("号源不存在", detail=f"slot {slot_id} not found")
+    await s.reconciler.reconcile_day_safely(row["day"])
+    return {"slot_id": slot_id, "capacity": row["capacity"], "overbooked": row["overbooked"]}
+
+
 async def list_locks(call: Call) -> list[dict[str, Any]]:
     q: LockQuery = call.query
     rows = await slot_repo.list_locks(call.services.pool, call.services.settings.booking.hospital_id, q.resource_id)
@@ -105,6 +129,15 @@ async def reload_catalogue(call: Call) -> dict[str, Any]:
 
 
 routes = [
+    api_route(
+        "/api/v1/admin/slots/{slot_id:int}/overbook",
+        overbook,
+        methods=("POST",),
+        roles=POOL_ADMINS,
+        summary="加号: add places to a slot beyond its template, with a reason (department admins, system admins)",
+        tag="admin",
+        body=OverbookBody,
+    ),
     api_route(
         "/api/v1/admin/reconcile",
         reconcile,

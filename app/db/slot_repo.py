@@ -45,7 +45,8 @@ async def upsert_slots(
     conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, planned: Sequence[PlannedSlot]
 ) -> GenerationCounts:
     """Insert missing slots; refresh capacity and quotas of slots nobody has booked yet. A slot
-    with a booking is never changed here."""
+    with a booking, with places added by hand (加号), or whose day's reserves were released already
+    is never changed here."""
     if not planned:
         return GenerationCounts()
     async with database_errors():
@@ -57,7 +58,9 @@ async def upsert_slots(
                ON CONFLICT (resource_id, starts_at) DO UPDATE
                   SET capacity = EXCLUDED.capacity, quotas = EXCLUDED.quotas, ends_at = EXCLUDED.ends_at,
                       template_id = EXCLUDED.template_id
-                WHERE slot.booked = 0
+                WHERE slot.booked = 0 AND slot.overbooked = 0
+                  AND NOT EXISTS (SELECT 1 FROM quota_release_done r
+                                   WHERE r.hospital_id = slot.hospital_id AND r.day = slot.day)
                   AND (slot.capacity, slot.quotas, slot.ends_at, slot.template_id)
                       IS DISTINCT FROM (EXCLUDED.capacity, EXCLUDED.quotas, EXCLUDED.ends_at, EXCLUDED.template_id)
                RETURNING (xmax = 0) AS inserted""",
@@ -144,3 +147,32 @@ async def list_locks(
 async def lock_by_id(conn: asyncpg.Connection | asyncpg.Pool, lock_id: int) -> asyncpg.Record | None:
     async with database_errors():
         return await conn.fetchrow("SELECT * FROM slot_lock WHERE id = $1", lock_id)
+
+
+async def overbook(
+    pool: asyncpg.Pool, slot_id: int, places: int, reason: str, actor_id: int | None, actor_role: str
+) -> asyncpg.Record | None:
+    """Add `places` to the slot's capacity (they join the open pool), recorded with who and why."""
+    async with database_errors(), pool.acquire() as conn, conn.transaction():
+        row = await conn.fetchrow(
+            """UPDATE slot SET capacity = capacity + $2, overbooked = overbooked + $2
+                WHERE id = $1 RETURNING id, day, resource_id, capacity, overbooked""",
+            slot_id,
+            places,
+        )
+        if row is not None:
+            await conn.execute(
+                "INSERT INTO slot_overbook (slot_id, places, reason, actor_id, actor_role) VALUES ($1, $2, $3, $4, $5)",
+                slot_id,
+                places,
+                reason,
+                actor_id,
+                actor_role,
+            )
+        return row
+
+
+async def slot_resource(pool: asyncpg.Pool, slot_id: int) -> str | None:
+    async with database_errors():
+        rid: str | None = await pool.fetchval("SELECT resource_id FROM slot WHERE id = $1", slot_id)
+        return rid

@@ -61,6 +61,11 @@ async def test_the_ward_reserve_goes_to_the_open_pool_at_sixteen_the_day_before_
     await assert_redis_matches_postgres(services, day)
     again = await release_due(services.pool, services.reconciler, hospital, due + timedelta(hours=1))
     assert not [r for r in again if r.day == day.isoformat()]  # once only
+    await services.pool_admin.generate()  # regenerating the horizon does not bring the reserve back
+    after = await services.pool.fetchval(
+        "SELECT sum((quotas ->> 'ward')::int) FROM slot WHERE day = $1 AND quotas ? 'ward'", day
+    )
+    assert after == 1
 
 
 async def test_release_amid_ward_bookings_on_the_same_slots_oversells_nothing(services: Services) -> None:

@@ -1,0 +1,38 @@
+"""加号: an authorised admin adds places to a full slot with a reason; they go to the open pool at
+once; others are refused; regeneration keeps them."""
+
+from __future__ import annotations
+
+import httpx
+
+from app.booking.service import BookItem
+from app.main import create_app
+from app.services import Services
+from tests.helpers import actor_for, fill_slot, future_day, new_patients_with_orders, open_slots, token_for
+
+
+async def test_an_admin_adds_a_place_to_a_full_slot_and_it_can_be_booked(services: Services) -> None:
+    day = future_day(services)
+    slot = (await open_slots(services, "ECG-REST", day, limit=1))[0]
+    await fill_slot(services, slot, "ECG-REST")
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        path = f"/api/v1/admin/slots/{slot['id']}/overbook"
+        clerk = {"authorization": f"Bearer {await token_for(services, 'clerk')}"}
+        assert (await c.post(path, json={"places": 1, "reason": "急需"}, headers=clerk)).status_code == 403
+        admin = {"authorization": f"Bearer {await token_for(services, 'admin')}"}
+        r = await c.post(path, json={"places": 1, "reason": "  "}, headers=admin)
+        assert r.status_code == 422
+        r = await c.post(path, json={"places": 9, "reason": "急需"}, headers=admin)
+        assert r.status_code == 422
+        r = await c.post(path, json={"places": 1, "reason": "患者病情急需，主任同意加号"}, headers=admin)
+        assert r.status_code == 200 and r.json()["capacity"] == slot["capacity"] + 1, r.text
+    clerk_actor = await actor_for(services, "clerk")
+    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, ["ECG-REST"])
+    await services.booking.book(clerk_actor, pid, "desk", [BookItem(order, slot["id"])])
+    await services.pool_admin.generate()
+    row = await services.pool.fetchrow("SELECT capacity, booked, overbooked FROM slot WHERE id = $1", slot["id"])
+    assert (row["capacity"], row["booked"], row["overbooked"]) == (slot["capacity"] + 1, slot["capacity"] + 1, 1)
+    logged = await services.pool.fetchval("SELECT reason FROM slot_overbook WHERE slot_id = $1", slot["id"])
+    assert logged == "患者病情急需，主任同意加号"
