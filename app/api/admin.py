@@ -10,6 +10,7 @@ import msgspec
 from app.api.routing import Call, api_route
 from app.booking.pools import GenerationReport, LockReport
 from app.booking.relocate import Move
+from app.booking.service import CHANNELS
 from app.db import slot_repo
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
@@ -39,6 +40,16 @@ class LockBody(msgspec.Struct, forbid_unknown_fields=True):
 class OverbookBody(msgspec.Struct, forbid_unknown_fields=True):
     places: Annotated[int, msgspec.Meta(ge=1, le=5)]
     reason: Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
+
+
+class TemplatesQuery(msgspec.Struct, forbid_unknown_fields=True):
+    resource_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+
+
+class TemplateBody(msgspec.Struct, forbid_unknown_fields=True):
+    capacity: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    quotas: dict[Annotated[str, msgspec.Meta(max_length=16)], Annotated[int, msgspec.Meta(ge=0, le=100)]]
+    active: bool = True
 
 
 class LockQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -108,6 +119,35 @@ async def overbook(call: Call) -> dict[str, Any]:
     return {"slot_id": slot_id, "capacity": row["capacity"], "overbooked": row["overbooked"]}
 
 
+async def list_templates(call: Call) -> list[dict[str, Any]]:
+    q: TemplatesQuery = call.query
+    _check_department(call, call.staff, q.resource_id)
+    rows = await slot_repo.templates_of(call.services.pool, call.services.settings.booking.hospital_id, [q.resource_id])
+    return [dict(r.items()) for r in rows]
+
+
+async def edit_template(call: Call) -> dict[str, Any]:
+    """Capacity and per-channel quotas of a weekly template; the slots nobody has booked yet follow
+    at once (regeneration of the horizon), booked ones keep theirs."""
+    b: TemplateBody = call.body
+    s = call.services
+    template_id = call.path_int("template_id")
+    resource_id = await slot_repo.template_resource(s.pool, template_id)
+    if resource_id is None:
+        raise NotFound("号源模板不存在", detail=f"template {template_id} not found")
+    _check_department(call, call.staff, resource_id)
+    unknown = sorted(set(b.quotas) - set(CHANNELS))
+    if unknown:
+        raise ValidationFailed(f"渠道无效：{'、'.join(unknown)}", detail=f"channels must be among {CHANNELS}")
+    if sum(b.quotas.values()) > b.capacity:
+        raise ValidationFailed("各渠道预留数之和不能超过容量", detail="sum of quotas exceeds capacity")
+    row = await slot_repo.update_template(s.pool, template_id, b.capacity, dict(b.quotas), b.active)
+    if row is None:
+        raise NotFound("号源模板不存在", detail=f"template {template_id} not found")
+    report = await s.pool_admin.generate()
+    return {"template": dict(row.items()), "slots_updated": report.updated, "slots_inserted": report.inserted}
+
+
 async def list_locks(call: Call) -> list[dict[str, Any]]:
     q: LockQuery = call.query
     rows = await slot_repo.list_locks(call.services.pool, call.services.settings.booking.hospital_id, q.resource_id)
@@ -129,6 +169,23 @@ async def reload_catalogue(call: Call) -> dict[str, Any]:
 
 
 routes = [
+    api_route(
+        "/api/v1/admin/templates",
+        list_templates,
+        roles=POOL_ADMINS,
+        summary="Weekly slot templates of a resource (capacity, per-channel quotas)",
+        tag="admin",
+        query=TemplatesQuery,
+    ),
+    api_route(
+        "/api/v1/admin/templates/{template_id:int}",
+        edit_template,
+        methods=("PUT",),
+        roles=POOL_ADMINS,
+        summary="Edit a template's capacity and quotas; unbooked slots of the horizon follow, booked ones keep theirs",
+        tag="admin",
+        body=TemplateBody,
+    ),
     api_route(
         "/api/v1/admin/slots/{slot_id:int}/overbook",
         overbook,

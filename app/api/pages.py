@@ -23,6 +23,7 @@ _ASSETS = {
     "ward.js": "text/javascript",
     "self.js": "text/javascript",
     "desk.js": "text/javascript",
+    "pool.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -74,6 +75,10 @@ async def desk_page(request: Request) -> Response:
     return _html("desk.html")
 
 
+async def pool_page(request: Request) -> Response:
+    return _html("pool.html")
+
+
 async def index(request: Request) -> Response:
     return _html("index.html")
 
@@ -89,6 +94,7 @@ routes = [
     page_route("/ward", ward_page, roles=PUBLIC, summary="Ward nurse station: batch booking (data: ward nurses)"),
     page_route("/self", self_page, roles=PUBLIC, summary="Self-service booking for kiosks and phones (identity check)"),
     page_route("/desk", desk_page, roles=PUBLIC, summary="Booking centre desk (data: clerks and other staff)"),
+    page_route("/pool", pool_page, roles=PUBLIC, summary="Slot-pool administration (data: admins)"),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
 ]

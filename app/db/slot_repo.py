@@ -176,3 +176,36 @@ async def slot_resource(pool: asyncpg.Pool, slot_id: int) -> str | None:
     async with database_errors():
         rid: str | None = await pool.fetchval("SELECT resource_id FROM slot WHERE id = $1", slot_id)
         return rid
+
+
+async def templates_of(pool: asyncpg.Pool, hospital_id: str, resource_ids: list[str]) -> list[asyncpg.Record]:
+    async with database_errors():
+        return await pool.fetch(
+            """SELECT t.id, t.resource_id, t.weekday, t.start_time, t.end_time, t.window_min, t.capacity, t.quotas,
+                      t.active
+                 FROM slot_template t JOIN resource r ON r.id = t.resource_id
+                WHERE r.hospital_id = $1 AND t.resource_id = ANY($2::text[])
+                ORDER BY t.resource_id, t.weekday, t.start_time""",
+            hospital_id,
+            resource_ids,
+        )
+
+
+async def update_template(
+    pool: asyncpg.Pool, template_id: int, capacity: int, quotas: dict[str, int], active: bool
+) -> asyncpg.Record | None:
+    async with database_errors():
+        return await pool.fetchrow(
+            """UPDATE slot_template SET capacity = $2, quotas = $3, active = $4 WHERE id = $1
+               RETURNING id, resource_id, weekday, start_time, end_time, window_min, capacity, quotas, active""",
+            template_id,
+            capacity,
+            quotas,
+            active,
+        )
+
+
+async def template_resource(pool: asyncpg.Pool, template_id: int) -> str | None:
+    async with database_errors():
+        rid: str | None = await pool.fetchval("SELECT resource_id FROM slot_template WHERE id = $1", template_id)
+        return rid

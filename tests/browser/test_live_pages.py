@@ -235,3 +235,35 @@ async def test_a_clerk_finds_a_patient_and_books_a_three_exam_plan(services: Ser
         "SELECT channel FROM appointment WHERE patient_id = $1 AND status = 'booked'", pid
     )
     assert [r["channel"] for r in booked] == ["desk"] * 3 and len(orders) == 3
+
+
+async def test_an_admin_locks_a_window_with_bookings_and_the_patients_are_moved(
+    services: Services, browser: Browser
+) -> None:
+    day = future_day(services)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        booked = [await book_through_api(base, services, "ECG-REST", day, "ECG") for _ in range(2)]
+        slot = await services.pool.fetchrow("SELECT resource_id, starts_at, ends_at FROM slot WHERE id = $1", booked[0])
+        tz = services.reconciler.tz
+        page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+        await page.goto(f"{base}/pool?resource={slot['resource_id']}")
+        await login(page, "admin")
+        await page.locator("#templates tbody tr").first.wait_for()
+        await page.fill("#lock input[name=day]", day.isoformat())
+        await page.fill("#lock input[name=from]", slot["starts_at"].astimezone(tz).strftime("%H:%M"))
+        await page.fill("#lock input[name=to]", slot["ends_at"].astimezone(tz).strftime("%H:%M"))
+        await page.fill("#lock input[name=reason]", "设备检修")
+        await page.click("#lock button")
+        summary = page.locator("#lock-summary")
+        await summary.wait_for(timeout=20000)
+        text = await summary.text_content() or ""
+        moved = sum(1 for s in booked if s == booked[0])
+        assert f"已改约 {moved} 个" in text, text
+        await page.locator("#locks li").first.wait_for()
+        await page.screenshot(path=SHOTS / "pool-locked.png", full_page=True)
+    live_in_slot = await services.pool.fetchval(
+        "SELECT count(*) FROM appointment WHERE slot_id = $1 AND status = 'booked'", booked[0]
+    )
+    notices = await services.pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'patient.notice'")
+    assert live_in_slot == 0 and notices == moved

@@ -56,6 +56,7 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/ward",
         "/self",
         "/desk",
+        "/pool",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }
