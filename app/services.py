@@ -79,6 +79,7 @@ class Services:
             hospital_id=b.hospital_id,
             hold_ttl_s=b.hold_ttl_s,
             commit_margin_s=b.commit_margin_s,
+            self_change_cutoff_s=b.self_change_cutoff_h * 3600,
             rules=self.rules,
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)

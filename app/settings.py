@@ -52,6 +52,9 @@ class BookingSettings(msgspec.Struct, frozen=True):
     # never free a hold whose booking is still about to commit.
     commit_margin_s: int = 10
     reaper_interval_s: float = 5.0
+    # A patient may cancel or move an exam himself (kiosk, phone) until this long before it starts;
+    # later only the booking centre can.
+    self_change_cutoff_h: float = 2.0
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -105,6 +108,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             timezone=env.get("HY_TIMEZONE", "Asia/Shanghai"),
             horizon_days=_int(env, "HY_HORIZON_DAYS", 14),
             hold_ttl_s=_int(env, "HY_HOLD_TTL_S", 60),
+            self_change_cutoff_h=float(env.get("HY_SELF_CHANGE_CUTOFF_H", "2")),
         ),
         data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
         environment=env.get("HY_ENV", "development"),

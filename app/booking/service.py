@@ -157,6 +157,7 @@ class BookingService:
         hospital_id: str,
         hold_ttl_s: int,
         commit_margin_s: int,
+        self_change_cutoff_s: float = 7200.0,
         rules: RuleService,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -168,6 +169,7 @@ class BookingService:
         self.hospital_id = hospital_id
         self.hold_ttl_s = hold_ttl_s
         self.commit_margin_s = commit_margin_s
+        self.self_change_cutoff_s = self_change_cutoff_s
         self.clock = clock
         self._slot_day: dict[int, date] = {}
 
@@ -274,10 +276,22 @@ class BookingService:
             for r in rows
         ]
 
+    def _check_self_window(self, channel: str, appt: asyncpg.Record) -> None:
+        """On the self-service channel, changes stop `self_change_cutoff_s` before the exam."""
+        if channel != "self":
+            return
+        if appt["starts_at"].timestamp() - time.time() < self.self_change_cutoff_s:
+            hours = self.self_change_cutoff_s / 3600
+            raise ValidationFailed(
+                f"距检查开始已不足{hours:g}小时，不能自助取消或改约，请联系预约中心",
+                detail="inside the self-service change window",
+            )
+
     async def cancel(self, actor: Actor, appointment_id: int, channel: str, reason: str) -> int:
         """Cancel a live appointment; its place returns to the pool it came from. Returns the slot id."""
         check_channel(actor, channel)
         appt = await self._appointment_for(actor, appointment_id)
+        self._check_self_window(channel, appt)
         row = await booking_repo.cancel(
             self.pool,
             appointment_id=appointment_id,
@@ -317,6 +331,7 @@ class BookingService:
         appt = await self._appointment_for(actor, appointment_id)
         if appt["status"] != "booked":
             raise OrderNotBookable("该预约已取消或已改约，无法改约", detail=f"appointment status {appt['status']}")
+        self._check_self_window(channel, appt)
         if appt["slot_id"] == new_slot_id:
             raise ValidationFailed("新时段与原时段相同", detail="new slot equals the current slot")
         patient_id = int(appt["patient_id"])

@@ -4,6 +4,7 @@ that reaches only that patient's records; every identification audited."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from app.demo.data import PATIENTS
 from app.main import create_app
@@ -53,3 +54,32 @@ async def test_the_desk_finds_a_patient_by_card_or_id_number(services: Services)
         assert r.status_code == 404 and "未找到" in r.json()["title"]
         patient = {"authorization": f"Bearer {await token_for(services, 'patient')}"}
         assert (await c.get("/api/v1/patients/lookup", params={"card": who.mrn}, headers=patient)).status_code == 403
+
+
+async def test_self_service_changes_stop_before_the_exam_the_booking_centre_can_still(services: Services) -> None:
+    from app.booking.service import BookItem
+    from app.errors import ValidationFailed
+    from tests.helpers import actor_for, future_day, open_slots
+
+    who = PATIENTS[3]
+    r = await services.sessions.patient_session("h1", await _patient_id(services, who.mrn), who.name, "kiosk", "", 900)
+    me = r.actor
+    order = await services.pool.fetchval(
+        "SELECT id FROM exam_order WHERE patient_id = $1 AND status = 'ordered' ORDER BY id LIMIT 1", me.patient_id
+    )
+    code = await services.pool.fetchval("SELECT exam_code FROM exam_order WHERE id = $1", order)
+    slot = (await open_slots(services, code, future_day(services, 1), limit=1))[0]
+    (appt,) = await services.booking.book(me, me.patient_id, "self", [BookItem(order, slot["id"])])
+    services.booking.self_change_cutoff_s = 10 * 86400.0  # the exam is now "too close" for self-service
+    try:
+        with pytest.raises(ValidationFailed) as refused:
+            await services.booking.cancel(me, appt.appointment_id, "self", "患者自助取消")
+        assert "不能自助取消或改约" in refused.value.message
+        clerk = await actor_for(services, "clerk")
+        await services.booking.cancel(clerk, appt.appointment_id, "desk", "患者来电取消")
+    finally:
+        services.booking.self_change_cutoff_s = 7200.0
+
+
+async def _patient_id(services: Services, mrn: str) -> int:
+    return int(await services.pool.fetchval("SELECT id FROM patient WHERE mrn = $1", mrn))
