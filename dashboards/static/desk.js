@@ -37,7 +37,30 @@
         if (!r.ok) { $('#msg').textContent = r.body.title || '取消失败'; return; }
         show(patient);
       };
-      return el('li', { className: 'appt' }, el('span', {}, when(a.starts_at) + ' ' + a.exam_name + ' · ' + a.resource_name), cancel);
+      const move = el('button', { className: 'secondary move' }, '改约');
+      const options = el('div', { className: 'options' });
+      move.onclick = async () => {
+        const from = a.starts_at.slice(0, 10);
+        const to = new Date(new Date(from).getTime() + 6 * 86400000).toISOString().slice(0, 10);
+        const found = await api(`/api/v1/availability?exam=${a.exam_code}&date_from=${from}&date_to=${to}&channel=desk&only_open=true`);
+        const slots = found.slots.filter((x) => x.slot_id !== a.slot_id && x.available > 0).slice(0, 12);
+        options.replaceChildren(...(slots.length ? slots.map((x) => {
+          const pick = el('button', { className: 'secondary option' }, when(x.starts_at) + ' ' + x.resource_name);
+          pick.onclick = async () => {
+            const r = await post(`/api/v1/appointments/${a.id}/reschedule`, { slot_id: x.slot_id, channel: 'desk', reason: '患者要求改约' });
+            if (!r.ok) {  // a rule or a race: say why, and leave the other options
+              const why = (r.body.violations || []).map((v) => v.message).join('；') || r.body.title || '改约失败';
+              $('#msg').textContent = '该时段不能改约：' + why;
+              pick.disabled = true;
+              pick.title = why;
+              return;
+            }
+            show(patient);
+          };
+          return pick;
+        }) : [el('span', {}, '7天内无其他可用号源')]));
+      };
+      return el('li', { className: 'appt' }, el('span', {}, when(a.starts_at) + ' ' + a.exam_name + ' · ' + a.resource_name), el('span', {}, move, cancel), options);
     }));
     $('#appts').hidden = !live.length;
     $('#patient').hidden = false;

@@ -231,10 +231,28 @@ async def test_a_clerk_finds_a_patient_and_books_a_three_exam_plan(services: Ser
         await page.locator("#appt-list li").nth(2).wait_for()
         assert await page.locator("#appt-list li").count() == 3
         await page.screenshot(path=SHOTS / "desk-booked.png", full_page=True)
+        before = await services.pool.fetch(
+            "SELECT id, slot_id FROM appointment WHERE patient_id = $1 AND status = 'booked' ORDER BY starts_at", pid
+        )
+        # Move the first exam to another slot the desk may take.
+        await page.locator("#appt-list li").first.locator("button.move").click()
+        options = page.locator("#appt-list li").first.locator("button.option")
+        await options.first.wait_for()
+        await page.screenshot(path=SHOTS / "desk-reschedule-options.png", full_page=True)
+        # A clerk tries the offered times in turn: one the rules refuse is greyed out with the reason.
+        for n in range(await options.count()):
+            await options.nth(n).click()
+            await page.wait_for_function(
+                f"!document.querySelector('button.option') || document.querySelectorAll('button.option')[{n}].disabled"
+            )
+            if not await page.locator("button.option").count():
+                break
+        assert not await page.locator("button.option").count(), await page.text_content("#msg")
     booked = await services.pool.fetch(
-        "SELECT channel FROM appointment WHERE patient_id = $1 AND status = 'booked'", pid
+        "SELECT channel, slot_id FROM appointment WHERE patient_id = $1 AND status = 'booked'", pid
     )
     assert [r["channel"] for r in booked] == ["desk"] * 3 and len(orders) == 3
+    assert {r["slot_id"] for r in booked} != {r["slot_id"] for r in before}  # one of them moved
 
 
 async def test_an_admin_locks_a_window_with_bookings_and_the_patients_are_moved(
