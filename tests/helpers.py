@@ -148,3 +148,21 @@ async def fill_slot(services: Services, slot: asyncpg.Record, exam_code: str) ->
             taken += 1
             break
     return taken
+
+
+async def lock_every_room_of(services: Services, exam_code: str, day: date) -> None:
+    """Close every room that can do `exam_code` for the whole of `day`, for all channels."""
+    from datetime import datetime, time
+
+    admin = await actor_for(services, "admin")
+    tz = services.reconciler.tz
+    for rid in services.catalogue.resources_for(exam_code=exam_code):
+        await services.pool_admin.lock(
+            admin,
+            rid,
+            datetime.combine(day, time(0, 0), tz),
+            datetime.combine(day + timedelta(days=1), time(0, 0), tz),
+            None,
+            "maintenance",
+            "设备检修",
+        )

@@ -3,6 +3,7 @@ font is local) and their assets. A page holds no data: its data calls and socket
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources, util
 from pathlib import Path
 
@@ -30,20 +31,28 @@ _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.
 _CACHE = {"cache-control": "public, max-age=3600"}
 
 
-def _html(name: str) -> HTMLResponse:
-    return HTMLResponse(_STATIC.joinpath(name).read_text(encoding="utf-8"))
+# path -> (its HTML file, what it is). The pages hold no data: their calls and sockets need a login.
+PAGES = {
+    "/": ("index.html", "Landing page"),
+    "/grid": ("grid.html", "Live slot grid (data: staff)"),
+    "/wall": ("wall.html", "Utilisation wall (data: department heads)"),
+    "/desk": ("desk.html", "Booking centre desk (data: clerks and other staff)"),
+    "/clinic": ("clinic.html", "Clinic workstation page, ?patient_id=&orders= (data: doctors)"),
+    "/ward": ("ward.html", "Ward nurse station: batch booking (data: ward nurses)"),
+    "/self": ("self.html", "Self-service booking for kiosks and phones (identity check)"),
+    "/slips": ("slips.html", "Printable appointment slips, ?ids= (data: staff)"),
+    "/pool": ("pool.html", "Slot-pool administration (data: admins)"),
+}
 
 
-async def grid_page(request: Request) -> Response:
-    return _html("grid.html")
+def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
+    html = _STATIC.joinpath(name).read_text(encoding="utf-8")
 
+    async def page(request: Request) -> Response:
+        return HTMLResponse(html)
 
-async def wall_page(request: Request) -> Response:
-    return _html("wall.html")
-
-
-async def clinic_page(request: Request) -> Response:
-    return _html("clinic.html")
+    page.__name__ = name.removesuffix(".html") + "_page"
+    return page
 
 
 async def asset(request: Request) -> Response:
@@ -59,42 +68,8 @@ async def plotly_js(request: Request) -> Response:
     return FileResponse(_PLOTLY, media_type="text/javascript", headers=_CACHE)
 
 
-async def slips_page(request: Request) -> Response:
-    return _html("slips.html")
-
-
-async def ward_page(request: Request) -> Response:
-    return _html("ward.html")
-
-
-async def self_page(request: Request) -> Response:
-    return _html("self.html")
-
-
-async def desk_page(request: Request) -> Response:
-    return _html("desk.html")
-
-
-async def pool_page(request: Request) -> Response:
-    return _html("pool.html")
-
-
-async def index(request: Request) -> Response:
-    return _html("index.html")
-
-
 routes = [
-    page_route("/", index, roles=PUBLIC, summary="Landing page"),
-    page_route("/grid", grid_page, roles=PUBLIC, summary="Live slot grid (page; its data needs a staff login)"),
-    page_route("/wall", wall_page, roles=PUBLIC, summary="Utilisation wall (page; its data needs a head's login)"),
-    page_route(
-        "/clinic", clinic_page, roles=PUBLIC, summary="Clinic workstation page, ?patient_id=&orders= (data: doctors)"
-    ),
-    page_route("/slips", slips_page, roles=PUBLIC, summary="Printable appointment slips, ?ids= (data: staff)"),
-    page_route("/ward", ward_page, roles=PUBLIC, summary="Ward nurse station: batch booking (data: ward nurses)"),
-    page_route("/self", self_page, roles=PUBLIC, summary="Self-service booking for kiosks and phones (identity check)"),
-    page_route("/desk", desk_page, roles=PUBLIC, summary="Booking centre desk (data: clerks and other staff)"),
-    page_route("/pool", pool_page, roles=PUBLIC, summary="Slot-pool administration (data: admins)"),
+    *(page_route(path, _page(name), roles=PUBLIC, summary=summary) for path, (name, summary) in PAGES.items()),
     page_route("/static/vendor/plotly.min.js", plotly_js, roles=PUBLIC, summary="plotly.js, served locally"),
     page_route("/static/{name}", asset, roles=PUBLIC, summary="The pages' scripts and styles"),
 ]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime, time, timedelta
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,7 @@ from playwright.async_api import Browser, Page, async_playwright
 from app.demo.data import PATIENTS
 from app.services import Services
 from app.slips.render import appointment_number
-from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots
+from tests.helpers import future_day, lock_every_room_of, new_patients_with_orders, open_slots
 from tests.live_server import book_through_api, serve_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -108,18 +107,7 @@ async def test_the_clinic_page_tells_the_doctor_to_send_the_patient_to_the_booki
     services: Services, browser: Browser
 ) -> None:
     today = services.reconciler.today()
-    admin = await actor_for(services, "admin")
-    tz = services.reconciler.tz
-    for rid in services.catalogue.resources_for(exam_code="ECG-REST"):  # today is full for ECG, whatever the hour
-        await services.pool_admin.lock(
-            admin,
-            rid,
-            datetime.combine(today, time(0, 0), tz),
-            datetime.combine(today + timedelta(days=1), time(0, 0), tz),
-            None,
-            "maintenance",
-            "设备检修",
-        )
+    await lock_every_room_of(services, "ECG-REST", today)  # full that day, whatever the hour
     (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, ["ECG-REST"])
     SHOTS.mkdir(parents=True, exist_ok=True)
     async with serve_app(services) as base:

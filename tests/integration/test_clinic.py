@@ -4,13 +4,13 @@ The clock is real, so a working day ahead stands for "today" in the service-leve
 
 from __future__ import annotations
 
-from datetime import datetime, time, timedelta
+from datetime import datetime, timedelta
 
 import httpx
 
 from app.booking.service import BookItem
 from app.services import Services
-from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots, token_for
+from tests.helpers import actor_for, future_day, lock_every_room_of, new_patients_with_orders, open_slots, token_for
 
 
 async def test_orders_that_fit_today_get_a_plan_booked_in_one_step(services: Services) -> None:
@@ -34,18 +34,7 @@ async def test_a_full_day_sends_the_patient_to_the_booking_centre_with_the_earli
     services: Services,
 ) -> None:
     day = future_day(services, 1)
-    admin = await actor_for(services, "admin")
-    tz = services.reconciler.tz
-    for rid in services.catalogue.resources_for(exam_code="ECG-REST"):  # every ECG room closed that day
-        await services.pool_admin.lock(
-            admin,
-            rid,
-            datetime.combine(day, time(0, 0), tz),
-            datetime.combine(day + timedelta(days=1), time(0, 0), tz),
-            None,
-            "maintenance",
-            "设备检修",
-        )
+    await lock_every_room_of(services, "ECG-REST", day)  # full that day, whatever the hour
     doctor = await actor_for(services, "doctor")
     (pid, (ecg, us)), *_ = await new_patients_with_orders(services.pool, 1, ["ECG-REST", "US-THYROID"])
     answer = await services.clinic.orders_written(doctor, pid, None, visit_day=day)
