@@ -2,7 +2,7 @@
 // today's plan booked in one click, or a clear "send the patient to the booking centre" panel.
 'use strict';
 (() => {
-  const { $, param, hm, loadClock } = HY;
+  const { $, param, hm, loadClock, el } = HY;
   const patientId = Number(param('patient_id'));
   const orderIds = (param('orders') || '').split(',').filter(Boolean).map(Number);
 
@@ -15,11 +15,6 @@
     return { ok: r.ok, status: r.status, body: await r.json().catch(() => ({})) };
   }
 
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
   const at = (iso) => hm(new Date(iso).getTime() / 1000);
   const day = (iso) => iso.slice(5, 10).replace('-', '月') + '日';
 

@@ -3,13 +3,8 @@
 // cancel from the list. Rule warnings that a clerk may override are offered with a reason box.
 'use strict';
 (() => {
-  const { $, api, hm, loadClock } = HY;
+  const { $, api, hm, loadClock, el } = HY;
   let patient = null;
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
   const headers = () => ({ 'content-type': 'application/json', authorization: 'Bearer ' + (sessionStorage.getItem('hy_token') || '') });
   async function post(path, body) {
     const r = await fetch(path, { method: 'POST', headers: headers(), body: JSON.stringify(body) });

@@ -122,6 +122,12 @@ const HY = (() => {
   }
   function today() { return clock.today; }
   function param(name) { return new URLSearchParams(location.search).get(name); }
+  // A DOM element with properties and children (text children are set as text, never as HTML).
+  function el(tag, attrs, ...children) {
+    const e = Object.assign(document.createElement(tag), attrs || {});
+    for (const c of children) e.append(c);
+    return e;
+  }
 
-  return { api, requireLogin, live, setState, loadClock, today, hm, clockTime, param, $ };
+  return { api, requireLogin, live, setState, loadClock, today, hm, clockTime, param, el, $ };
 })();

@@ -2,15 +2,10 @@
 // nearest allowed slot and the patients told), release locks, edit templates' capacity and quotas.
 'use strict';
 (() => {
-  const { $, api, loadClock, today, hm } = HY;
+  const { $, api, loadClock, today, hm, el } = HY;
   const WEEK = ['', '一', '二', '三', '四', '五', '六', '日'];
   const CHANNELS = { clinic: '诊间', desk: '预约中心', self: '自助', ward: '病区', emergency: '急诊', checkup: '体检' };
   let tz = 'Asia/Shanghai';
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
   const headers = () => ({ 'content-type': 'application/json', authorization: 'Bearer ' + (sessionStorage.getItem('hy_token') || '') });
   async function send(method, path, body) {
     const r = await fetch(path, { method, headers: headers(), body: JSON.stringify(body) });

@@ -2,13 +2,8 @@
 // confirmation with the preparation, my appointments with cancel. Large touch targets.
 'use strict';
 (() => {
-  const { $, hm, loadClock } = HY;
+  const { $, hm, loadClock, el } = HY;
   let me = null, plan = null;
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
   const headers = () => ({ 'content-type': 'application/json', authorization: 'Bearer ' + (sessionStorage.getItem('hy_token') || '') });
   async function call(method, path, body) {
     const r = await fetch(path, { method, headers: headers(), body: body ? JSON.stringify(body) : undefined });

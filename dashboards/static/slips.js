@@ -2,14 +2,9 @@
 // time, place and preparation; the same as the PDF, for printers that print web pages.
 'use strict';
 (() => {
-  const { $, param } = HY;
+  const { $, param, el } = HY;
   const ids = (param('ids') || '').split(',').filter(Boolean).map(Number);
   const auth = () => ({ 'content-type': 'application/json', authorization: 'Bearer ' + (sessionStorage.getItem('hy_token') || '') });
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
   const when = (s, e) => s.slice(0, 10).replace(/-/, '年').replace(/-/, '月') + '日 ' + s.slice(11, 16) + '–' + e.slice(11, 16);
 
   async function load() {

@@ -2,13 +2,8 @@
 // batch on the ward channel (its reserved quota first), then print all their slips.
 'use strict';
 (() => {
-  const { $, api } = HY;
+  const { $, api, el } = HY;
   let patients = [];
-  const el = (tag, attrs, ...children) => {
-    const e = Object.assign(document.createElement(tag), attrs || {});
-    for (const c of children) e.append(c);
-    return e;
-  };
 
   async function list() {
     patients = await api('/api/v1/ward/patients');
