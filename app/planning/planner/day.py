@@ -25,9 +25,12 @@ where an exam left may not follow one placed is dead), the last exam (the travel
 gap are checked against it; the travel gaps to earlier exams follow along the chain, see
 core.py), the min-gap thresholds still ahead of the last end and, when a travel rule is not
 implied along the chain, the earlier exams it matches. Its value (the time from the last end to
-the day's end, then the sequence) is exact once found within an allowance, or known to exceed
-that allowance. A first exam or a next window is cut when the relaxed DP of relax.py (a lower
-bound on the end of any suffix) shows it cannot come within the allowance.
+the day's end, then the sequence) is exact once found within an allowance; when none is, the
+memo keeps the least over the next windows of what each is known to exceed (their relaxed bound,
+memo entry or failed suffix, all above the allowance), so a later, larger allowance up to that
+value fails at once (`self.fail` carries it up). A first exam or a next window is cut when the
+relaxed DP of relax.py (a lower bound on the end of any suffix) shows it cannot come within the
+allowance.
 
 Next windows: per (last window, exam), the first compatible window of each (resource, length)
 group is computed once per day (`_next`). Compatibility with the last window depends, for the
@@ -86,6 +89,7 @@ class _Day(_DayBounds):
         self.shift = core.n  # int memo keys: item << n | exams left
         self.results: dict[tuple[int, _Ctx], tuple[_Label | None, int]] = {}
         self.memo: dict[_Ctx, dict[object, _Ext | int]] = {}
+        self.fail = INF  # after `_ext` returns None: its value exceeds this (INF: no suffix)
 
     # -- the solver ----------------------------------------------------------------------------
 
@@ -118,6 +122,18 @@ class _Day(_DayBounds):
                 return lab if lab.span <= allowance else None
             if allowance <= tried:
                 return None
+        if allowance >= INF:
+            # No bound yet: allowances of 1, 2, 4... hours (or above what the last try failed under),
+            # which cut more; the best schedule within one is the best of all.
+            step = 3600
+            while step <= 86400:
+                lab = self.solve(mask, ctx, step)
+                if lab is not None:
+                    return lab
+                tried = self.results[key][1]
+                if tried >= INF:
+                    return None  # no schedule at all
+                step = max(2 * step, tried + 1)
         core = self.core
         los, his = ctx
         memo = self.memo.setdefault(ctx, {})
@@ -125,6 +141,7 @@ class _Day(_DayBounds):
         # The first exams that can start a schedule within the allowance, by their relaxed span
         # (the least span of a schedule they start), then in tie-break order.
         firsts: list[tuple[int, int, _Item, int]] = []
+        fail = INF  # with no schedule within the allowance: the span exceeds this
         for f in self.firsts(mask):
             j = f.j
             if f.s < los[j] or (his and f.e > his[j]):
@@ -132,10 +149,14 @@ class _Day(_DayBounds):
             rem = mask & ~(1 << j)
             if core.nb_union[rem] >> j & 1:
                 continue  # an exam of the set may not follow this one
-            if f.e - f.s + sum_w[rem] > allowance:
+            least = f.e - f.s + sum_w[rem]
+            if least > allowance:
+                fail = min(fail, least - 1)
                 continue
             bound = self._relax(rem, f.e, j) - f.s
-            if bound <= allowance and self._first_ok(f):
+            if bound > allowance:
+                fail = min(fail, bound - 1)
+            elif self._first_ok(f):
                 firsts.append((bound, f.idx, f, rem))
         firsts.sort()
         best: tuple[_Item, _Ext] | None = None
@@ -145,6 +166,7 @@ class _Day(_DayBounds):
             # A first after the best one in tie-break order must do strictly better.
             limit = best_span - 1 if best is not None and f.idx > best[0].idx else best_span
             if bound > limit:
+                fail = min(fail, bound - 1)
                 if bound > best_span:
                     break  # the later ones have larger bounds still
                 continue
@@ -155,6 +177,7 @@ class _Day(_DayBounds):
             older = (f,) if core.has_old and core.old_src[j] else ()
             sub = self._ext(memo, los, his, rem, 1 << j, f, thr, older, limit - dur)
             if sub is None:
+                fail = min(fail, dur + self.fail)
                 continue
             best = (f, sub)
             best_span = dur + sub.val
@@ -166,7 +189,7 @@ class _Day(_DayBounds):
                 chain.append(node.item)
                 node = node.rest
             found = _Label(tuple(chain))
-        self.results[key] = (found, allowance)
+        self.results[key] = (found, allowance if found is not None else fail)
         return found
 
     def _thr(self, thr: tuple[int, ...], w: _Item, rem: int) -> tuple[int, ...]:
@@ -250,6 +273,7 @@ class _Day(_DayBounds):
             return _DONE
         core = self.core
         if placed & core.nb_union[rem]:
+            self.fail = INF
             return None  # an exam left may not follow one already placed
         le = last.e
         bits = core.bits[rem]
@@ -264,10 +288,12 @@ class _Day(_DayBounds):
         if got is not None:
             if isinstance(got, int):
                 if allowance <= got:
+                    self.fail = got
                     return None
             elif got.val <= allowance:
                 return got
             else:
+                self.fail = got.val - 1
                 return None
         core.tick()
         row = self.nxt.get(last.idx)
@@ -297,14 +323,19 @@ class _Day(_DayBounds):
         sum_w = core.sum_w
         relax = self._relax
         ranked: list[tuple[int, int, _Item]] = []
+        fail = INF  # with no suffix within the allowance: its value exceeds this
         for w in kids:
             we = w.e
             r2 = rem & ~(1 << w.j)
-            if we - le + sum_w[r2] > allowance:
+            least = we - le + sum_w[r2]
+            if least > allowance:
+                fail = min(fail, least - 1)
                 continue
             bound = (relax(r2, we, w.j) if r2 else we) - le
             if bound <= allowance:
                 ranked.append((bound, w.idx, w))
+            else:
+                fail = min(fail, bound - 1)
         if len(ranked) > 1:
             ranked.sort()
         best: _Ext | None = None
@@ -317,6 +348,7 @@ class _Day(_DayBounds):
             if bound > limit:
                 if best is not None and bound > best.val:
                     break  # the later ones have larger bounds still
+                fail = min(fail, bound - 1)
                 continue
             we = w.e
             step = we - le
@@ -328,15 +360,21 @@ class _Day(_DayBounds):
                 if got is not None:
                     if isinstance(got, int):
                         if limit - step <= got:
+                            fail = min(fail, step + got)
                             continue
                     elif got.val > limit - step:
+                        fail = min(fail, step + got.val - 1)
                         continue
             sub = self._ext(memo, los, his, r2, placed | 1 << w.j, w, thr2, older2, limit - step)
             if sub is None:
+                fail = min(fail, step + self.fail)
                 continue
             best = _Ext(step + sub.val, w, sub)
             best_idx = w.idx
-        memo[key] = allowance if best is None else best
+        if best is None:
+            memo[key] = self.fail = fail
+        else:
+            memo[key] = best
         return best
 
     def _past_older(self, older: tuple[_Item, ...], j: int, items: list[_Item], k: int) -> int:

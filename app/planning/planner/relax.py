@@ -9,7 +9,7 @@ consecutive exams (travel and min gaps, with the travel gap waived on a resource
 the order rules and, for the first exam, the thresholds and the preparation window are kept.
 Every valid schedule is such a chain, so its least span and end are lower bounds. The DP is
 tabulated per day, one vector per set of exams left (built on demand from the sets one smaller)
-over every (last exam, end of that exam), with C-level gathers and `min` maps: at most a few
+over every (last exam, end of that exam), with C-level gathers and one `min` map per set: at most a few
 hundred list operations per day instead of thousands of memoised calls, and every later query
 (the search's blocks, the solver's first exams and suffixes) is then a list lookup.
 """
@@ -17,7 +17,7 @@ hundred list operations per day instead of thousands of memoised calls, and ever
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from itertools import repeat
 from operator import attrgetter, itemgetter
 
@@ -44,6 +44,7 @@ class _DayBounds:
         self.t0 = min((st[0] for st in self.starts if st), default=INF)  # the day's first start
         self.first: dict[int, bool] = {}
         self.relaxed_memo: dict[object, tuple[int, int]] = {}
+        self.free_bounds: dict[int, tuple[int, int]] = {}  # `bounds` with no threshold after t0
         self.first_lists: dict[int, list[_Item]] = {}
         self.prep = core.prep_check
         self.existing = core.existing_by_day.get(day, [])
@@ -81,6 +82,13 @@ class _DayBounds:
             end = max(end, self.min_e[j][k])
         span = max(self.core.lbspan[mask], end - latest)
         return span, max(end, first + span)
+
+    def bounds_free(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
+        """`bounds`, when no threshold of `mask` is after the day's first start (memoised)."""
+        got = self.free_bounds.get(mask)
+        if got is None:
+            got = self.free_bounds[mask] = self.bounds(mask, thr)
+        return got
 
     def relaxed(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
         """Least span and least end of a schedule of `mask` on the day under the relaxation of
@@ -202,7 +210,7 @@ class _DayBounds:
             return self.none
         core = self.core
         nb_union = core.nb_union
-        acc: Iterable[int] | None = None
+        parts: list[tuple[int, ...]] = []
         for j in core.bits[rem]:
             r2 = rem & ~(1 << j)
             if nb_union[r2] >> j & 1:
@@ -213,9 +221,14 @@ class _DayBounds:
             get = self.gather[j]
             if get is None:
                 get = self.gather[j] = self._gather(j)
-            vals = get(sub)
-            acc = vals if acc is None else map(min, acc, vals)
-        row = table[rem] = [*acc, INF] if acc is not None else self.none
+            parts.append(get(sub))
+        if not parts:
+            row = self.none
+        elif len(parts) == 1:
+            row = [*parts[0], INF]
+        else:
+            row = [*map(min, *parts), INF]  # one `min` per position over every next exam
+        table[rem] = row
         return row
 
     def _gather(self, j: int) -> Callable[[list[int]], tuple[int, ...]]:

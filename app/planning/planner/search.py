@@ -33,7 +33,7 @@ entries are exact.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
 
 from app.planning.planner.core import INF, _Core, _Stop
 from app.planning.planner.day import _Day, _Label
@@ -91,6 +91,7 @@ class _Search:
         self._tight: dict[object, list[tuple[int, int]]] = {}  # the same with the relaxed DP
         self.u = 0
         self.d = 0
+        self._kids: dict[object, list[tuple[int, int, int, int, int, int]]] = {}  # see `_node`
 
     def day(self, d: int) -> _Day:
         got = self._days.get(d)
@@ -138,41 +139,19 @@ class _Search:
         u = core.base_u + self.u
         pop = core.pop
         # Children best first by lower bounds, lazily: the cheap `bounds` first, the relaxed DP of the
-        # block once a child comes to the front (it is then put back if its bound grew).
-        heap: list[tuple[int, int, int, int, int, int, int]] = []
-        whole = left == 1 and m == pop[rest]
-        keys: dict[int, object] = {}  # per set of exams left after a block: its `_later` key
-        for d in core.days:
-            if d <= prev:
-                continue
-            day = self.day(d)
-            avail = day.available(rest, thr)
-            # When the last block takes all the exams left, it is the only mask to try.
-            sub = (avail if avail == rest else 0) if whole else avail
-            while sub:
-                mask = sub
-                sub = 0 if whole else (sub - 1) & avail
-                size = pop[mask]
-                if (size != m) if left == 1 else (size > m - left + 1):
-                    continue
-                if not day.pair_ok(mask):
-                    continue
-                span_lb, end_lb = day.bounds(mask, thr)
-                if end_lb >= INF:
-                    continue
-                if left == 1:
-                    rest_lb, lb4 = 0, end_lb
-                else:
-                    others = rest & ~mask
-                    key = keys.get(others)
-                    if key is None:
-                        key = keys[others] = self._later_key(others, thr)
-                    rest_lb, lb4 = self._later(others, m - size, left - 1, d, thr, False, key)
-                lb3 = secs + span_lb + rest_lb
-                if lb4 >= INF or top.cut((u, self.d, lb3 // 60, lb4), prefix):
-                    continue
-                heap.append((lb3, lb4, 0, d, mask, rest_lb, span_lb))
-        heapify(heap)
+        # block once a child comes to the front (it is then put back if its bound grew). The
+        # children and their cheap bounds (but for `secs`) are memoised per node key; the list is
+        # sorted, so with `secs` added it is a heap.
+        ckey = (prev, rest, left, m, tuple([thr[j] for j in core.bits[rest]]))
+        kids = self._kids.get(ckey)
+        if kids is None:
+            kids = self._kids[ckey] = self._children(prev, rest, left, m, thr)
+        d_ = self.d
+        heap = [
+            (lb3 + secs, lb4, 0, d, mask, rest_lb, span_lb)
+            for lb3, lb4, d, mask, rest_lb, span_lb in kids
+            if not top.cut((u, d_, (lb3 + secs) // 60, lb4), prefix)
+        ]
         while heap:
             lb3, lb4, tight, d, mask, rest_lb, span_lb = heappop(heap)
             if top.cut((u, self.d, lb3 // 60, lb4), prefix):
@@ -213,6 +192,49 @@ class _Search:
                         if row[j] and c.e + row[j] > thr2[j]:
                             thr2[j] = c.e + row[j]
                 self._node(d, others, left - 1, m - size, total, tuple(thr2), (*blocks, lab), seq)
+
+    def _children(
+        self, prev: int, rest: int, left: int, m: int, thr: tuple[int, ...]
+    ) -> list[tuple[int, int, int, int, int, int]]:
+        """The blocks (day, exams) that may come next in `_node`, with the cheap lower bounds of the
+        time in hospital from here (block and exams left) and of the completion, sorted."""
+        core = self.core
+        pop = core.pop
+        out: list[tuple[int, int, int, int, int, int]] = []
+        whole = left == 1 and m == pop[rest]
+        keys: dict[int, object] = {}  # per set of exams left after a block: its `_later` key
+        top_thr = max([thr[j] for j in core.bits[rest]], default=0)
+        for d in core.days:
+            if d <= prev:
+                continue
+            day = self.day(d)
+            bounds = day.bounds_free if top_thr <= day.t0 else day.bounds
+            avail = day.available(rest, thr)
+            # When the last block takes all the exams left, it is the only mask to try.
+            sub = (avail if avail == rest else 0) if whole else avail
+            while sub:
+                mask = sub
+                sub = 0 if whole else (sub - 1) & avail
+                size = pop[mask]
+                if (size != m) if left == 1 else (size > m - left + 1):
+                    continue
+                if not day.pair_ok(mask):
+                    continue
+                span_lb, end_lb = bounds(mask, thr)
+                if end_lb >= INF:
+                    continue
+                if left == 1:
+                    rest_lb, lb4 = 0, end_lb
+                else:
+                    others = rest & ~mask
+                    key = keys.get(others)
+                    if key is None:
+                        key = keys[others] = self._later_key(others, thr)
+                    rest_lb, lb4 = self._later(others, m - size, left - 1, d, thr, False, key)
+                if lb4 < INF:
+                    out.append((span_lb + rest_lb, lb4, d, mask, rest_lb, span_lb))
+        out.sort()
+        return out
 
     def _later(
         self, others: int, m: int, blocks: int, d: int, thr: tuple[int, ...], tight: bool, key: object = None
