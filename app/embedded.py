@@ -44,6 +44,18 @@ def clear_stale_postgres_pids(pgdata: Path) -> None:
         if not _process_named(pid, ("postgres",)):
             logger.warning("removing stale postmaster.pid (pid %s is not a running postgres)", pid)
             pidfile.unlink()
+    # The Unix socket's lock file (the socket lives in the data folder) names the same postmaster.
+    # PostgreSQL clears it only when that pid is free; after a kill -9 the pid may already belong
+    # to another process, and the server then refuses to start. Stale means: not a postgres.
+    for lock in pgdata.glob(".s.PGSQL.*.lock"):
+        try:
+            pid = int(lock.read_text().splitlines()[0])
+        except (ValueError, IndexError, OSError):
+            pid = 0
+        if not _process_named(pid, ("postgres",)):
+            logger.warning("removing stale socket lock %s (pid %s is not a running postgres)", lock.name, pid)
+            lock.unlink(missing_ok=True)
+            Path(str(lock).removesuffix(".lock")).unlink(missing_ok=True)
     handles = pgdata / ".handle_pids.json"
     if handles.exists():
         try:
