@@ -77,9 +77,7 @@ class Relocator:
             origin = appt["starts_at"]
             slots = [s for s in slots if s.slot_id != appt["slot_id"] and s.available > 0 and not s.locked]
             slots.sort(key=lambda s: ((s.day - day).days, abs((s.starts_at - origin).total_seconds()), s.slot_id))
-            move = Move(
-                int(appt["id"]), int(appt["patient_id"]), False, reason="可预约范围内无可用号源，请人工联系患者"
-            )
+            move = Move(int(appt["id"]), int(appt["patient_id"]), False, reason=NO_PLACE)
             for slot in slots[:MAX_TRIES]:
                 try:
                     done = await self.booking.reschedule(

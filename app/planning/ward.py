@@ -97,7 +97,8 @@ class WardStation:
                 items = [BookItem(int(i.key), i.slot_id) for i in plan.items]
                 booked = await self.plans.book_plan(actor, pid, CHANNEL, items)
                 unplaced = [u.exam_name for u in plan.unplaced]
-                reason = ("未能安排：" + "、".join(unplaced)) if unplaced else None
+                why = "；".join(f"{u.exam_name}（{'；'.join(u.reasons)}）" for u in plan.unplaced)
+                reason = f"未能安排：{why}" if unplaced else None
                 results.append(BatchResult(pid, True, [a.appointment_id for a in booked], unplaced, reason, None))
             except AppError as exc:
                 results.append(BatchResult(pid, False, [], [], exc.message, exc.code))
