@@ -11,7 +11,7 @@ import orjson
 from starlette.responses import Response
 from starlette.websockets import WebSocket
 
-from app.api.routing import STAFF, Call, api_route, ws_route
+from app.api.routing import STAFF, Call, api_route, decode_query, ws_route
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
 from app.services import Services
@@ -36,13 +36,6 @@ class GridQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 class WallQuery(msgspec.Struct, forbid_unknown_fields=True):
     day: date
-
-
-def _query(params: Any, kind: type[Any]) -> Any:
-    try:
-        return msgspec.convert(dict(params), type=kind, strict=False)
-    except msgspec.ValidationError as exc:
-        raise ValidationFailed(f"请求参数不符合要求：{exc}", detail=f"query: {exc}") from exc
 
 
 def _check_day(services: Services, day: date) -> date:
@@ -78,7 +71,7 @@ async def _serve(ws: WebSocket, actor: Actor, services: Services, topic: str, sn
 
 
 async def grid_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
-    q: GridQuery = _query(ws.query_params, GridQuery)
+    q: GridQuery = decode_query(ws, GridQuery)
     dept = _check_department(services, q.department)
     day = _check_day(services, q.day)
     _check_scope(actor, dept)
@@ -86,7 +79,7 @@ async def grid_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
 
 
 async def wall_socket(ws: WebSocket, actor: Actor, services: Services) -> None:
-    q: WallQuery = _query(ws.query_params, WallQuery)
+    q: WallQuery = decode_query(ws, WallQuery)
     day = _check_day(services, q.day)
     await _serve(ws, actor, services, metrics_topic(day), lambda: services.live.metrics.snapshot(day))
 

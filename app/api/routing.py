@@ -131,7 +131,8 @@ async def _decode_body(request: Request, body_type: Any) -> Any:
         raise BadRequest("请求内容不是有效的 JSON", detail=f"malformed JSON: {exc}") from exc
 
 
-def _decode_query(request: Request, query_type: Any) -> Any:
+def decode_query(request: HTTPConnection, query_type: Any) -> Any:
+    """The query string as `query_type` (HTTP requests and WebSockets alike), or ValidationFailed."""
     params = dict(request.query_params)
     try:
         return msgspec.convert(params, type=query_type, strict=False)
@@ -176,7 +177,7 @@ def api_route(
                 raise Forbidden(detail=f"route needs one of {sorted(allowed)}")
         call = Call(request=request, services=services, actor=actor)
         if query is not None:
-            call.query = _decode_query(request, query)
+            call.query = decode_query(request, query)
         if body is not None:
             call.body = await _decode_body(request, body)
         result = await handler(call)
