@@ -1,5 +1,6 @@
 """Background roles run inside the app process in the default set-up: the hold reaper, the
-rebuild of days whose Redis update failed, and the release of reserved quotas at their set time.
+rebuild of days and room queues whose Redis update failed, the release of reserved quotas at their
+set time, and the no-show sweep with the credit rule.
 Production can run them as `python -m app worker`."""
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ async def sweep_once(services: Services) -> None:
     if report.released or report.confirmed:
         logger.info("reaper: released %d, confirmed %d", report.released, report.confirmed)
     await release_due(services.pool, services.reconciler, services.settings.booking.hospital_id, datetime.now(UTC))
+    await services.queues.rebuild_dirty()
+    await services.orders.sweep_no_shows()
 
 
 async def run_background(services: Services, stop: asyncio.Event) -> None:

@@ -99,6 +99,36 @@ class PatientChanged(Conflict):
     title = "该患者的预约刚被其他人修改，请刷新后重试"
 
 
+class OrderStateConflict(Conflict):
+    """The order is not in a state the requested step of the closed loop starts from; `state`
+    says which state it is in."""
+
+    code = "order_state"
+    title = "检查申请当前状态不允许此操作"
+
+
+class CheckInRefused(Conflict):
+    """Check-in refused; `reason` is one of wrong_day, too_early, too_late, unpaid, not_live,
+    already_checked_in."""
+
+    code = "checkin_refused"
+    title = "无法签到"
+
+
+class QueueActionRefused(Conflict):
+    """A queue action the entry's state does not allow (`state`), or an empty queue."""
+
+    code = "queue_state"
+    title = "当前排队状态不允许此操作"
+
+
+class PatientSuspended(Forbidden):
+    """Booking through this channel is suspended for the patient (the no-show credit rule)."""
+
+    code = "patient_suspended"
+    title = "因多次爽约，您的自助预约已暂停，请到预约中心办理"
+
+
 class ServiceUnavailable(AppError):
     code = "service_unavailable"
     status = 503

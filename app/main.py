@@ -22,6 +22,7 @@ from app.api import (
     auth,
     catalogue,
     clinic,
+    closed_loop,
     devices,
     health,
     live,
@@ -69,6 +70,7 @@ def build_routes() -> list[BaseRoute]:
         live,
         ward,
         self_service,
+        closed_loop,
     ]
     for module in modules:
         routes += module.routes

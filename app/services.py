@@ -17,11 +17,15 @@ from app.booking.service import BookingService
 from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
+from app.orders.credit import CreditService
+from app.orders.service import OrderService
 from app.planning.catalogue import Catalogue
 from app.planning.clinic import ClinicDesk
 from app.planning.plan_service import PlanService
 from app.planning.rule_service import RuleService
 from app.planning.ward import WardStation
+from app.queue.service import QueueService
+from app.queue.store import QueueStore
 from app.security.devices import DeviceRegistry
 from app.security.identity import DemoHisAdapter, IdentityAdapter
 from app.security.sessions import SessionManager
@@ -71,6 +75,7 @@ class Services:
             tz=ZoneInfo(b.timezone),
             refresh_catalogue=self.reload_catalogue,
         )
+        self.credit = CreditService(pool, b.hospital_id, ZoneInfo(b.timezone))
         self.booking = BookingService(
             pool,
             self.store,
@@ -81,6 +86,7 @@ class Services:
             commit_margin_s=b.commit_margin_s,
             self_change_cutoff_s=b.self_change_cutoff_h * 3600,
             rules=self.rules,
+            credit=self.credit,
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
         self.clinic = ClinicDesk(self.plans, self.rules)
@@ -88,6 +94,8 @@ class Services:
         self.slips = SlipService(pool, ZoneInfo(b.timezone))
         self.relocator = Relocator(pool, self.store, self.booking, self.reconciler)
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
+        self.queues = QueueService(pool, QueueStore(redis, self.keys), lambda: self.catalogue, b)
+        self.orders = OrderService(pool, self.booking, self.credit, hospital_id=b.hospital_id, tz=ZoneInfo(b.timezone))
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )

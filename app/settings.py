@@ -55,6 +55,11 @@ class BookingSettings(msgspec.Struct, frozen=True):
     # A patient may cancel or move an exam himself (kiosk, phone) until this long before it starts;
     # later only the booking centre can.
     self_change_cutoff_h: float = 2.0
+    # Room queues: a waiting patient whose expected time moves later by more than this (an
+    # emergency insertion, a green channel) is told; the ages that earn the elderly / child mark.
+    queue_notify_threshold_min: int = 30
+    queue_elderly_age: int = 70
+    queue_child_age: int = 6
 
 
 class Settings(msgspec.Struct, frozen=True):
@@ -109,6 +114,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             horizon_days=_int(env, "HY_HORIZON_DAYS", 14),
             hold_ttl_s=_int(env, "HY_HOLD_TTL_S", 60),
             self_change_cutoff_h=float(env.get("HY_SELF_CHANGE_CUTOFF_H", "2")),
+            queue_notify_threshold_min=_int(env, "HY_QUEUE_NOTIFY_MIN", 30),
+            queue_elderly_age=_int(env, "HY_QUEUE_ELDERLY_AGE", 70),
+            queue_child_age=_int(env, "HY_QUEUE_CHILD_AGE", 6),
         ),
         data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
         environment=env.get("HY_ENV", "development"),

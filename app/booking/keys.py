@@ -59,6 +59,13 @@ class DayKeys(msgspec.Struct, frozen=True):
         """Counter bumped by every reconcile of the day."""
         return f"{self.tag}:ver"
 
+    def queue(self, resource_id: str) -> tuple[str, str, str, str]:
+        """A room's queue that day (app/booking/lua/queue.lua): the waiting line (list), the entries
+        (hash), the event counter, the loaded marker. Not among the day's `members`: rebuilding the
+        slot index leaves the queues alone."""
+        base = f"{self.tag}:q:{resource_id}"
+        return (f"{base}:line", f"{base}:ent", f"{base}:seq", f"{base}:ok")
+
 
 class KeyBuilder(msgspec.Struct, frozen=True):
     prefix: str

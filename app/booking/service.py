@@ -38,6 +38,8 @@ from app.errors import (
     SlotUnavailable,
     ValidationFailed,
 )
+from app.orders.credit import CreditService
+from app.orders.lifecycle import BOOKABLE
 from app.planning.rule_service import Override, ProposedExam, RuleService
 from app.security.actor import Actor
 from realtime.publisher import EventPublisher
@@ -159,9 +161,11 @@ class BookingService:
         commit_margin_s: int,
         self_change_cutoff_s: float = 7200.0,
         rules: RuleService,
+        credit: CreditService | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
+        self.credit = credit
         self.rules = rules
         self.store = store
         self.reconciler = reconciler
@@ -187,6 +191,8 @@ class BookingService:
         check_channel(actor, channel)
         check_patient_access(actor, patient_id)
         _check_shape(items)
+        if self.credit is not None:
+            await self.credit.check(patient_id, channel)
         return await _until_patient_settles(
             lambda: self._book_once(actor, patient_id, channel, items, reason, overrides)
         )
@@ -332,6 +338,8 @@ class BookingService:
         if appt["status"] != "booked":
             raise OrderNotBookable("该预约已取消或已改约，无法改约", detail=f"appointment status {appt['status']}")
         self._check_self_window(channel, appt)
+        if self.credit is not None:
+            await self.credit.check(int(appt["patient_id"]), channel)
         if appt["slot_id"] == new_slot_id:
             raise ValidationFailed("新时段与原时段相同", detail="new slot equals the current slot")
         patient_id = int(appt["patient_id"])
@@ -448,7 +456,7 @@ class BookingService:
                 raise ValidationFailed(
                     "检查申请不属于该患者", detail=f"order {item.order_id} belongs to another patient"
                 )
-            if row["status"] != "ordered":
+            if row["status"] not in BOOKABLE:
                 raise OrderNotBookable(detail=f"order {item.order_id} is {row['status']}")
             if row["day"] is None:
                 raise NotFound("所选号源不存在", detail=f"slot {item.slot_id} not found")
@@ -498,6 +506,11 @@ class BookingService:
                 continue
             released += [(day, s) for s in ids]
         await self._publish("released", released)
+
+    async def release_place(self, day: date, slot_id: int, patient_id: int, pool: str, event: str) -> None:
+        """A place PostgreSQL already gave back (a no-show): return it in Redis and tell the grids."""
+        await self._return_place(day, slot_id, patient_id, pool)
+        await self._publish(event, [(day, slot_id)])
 
     async def _return_place(self, day: date, slot_id: int, patient_id: int, pool: str) -> None:
         try:

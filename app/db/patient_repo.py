@@ -71,7 +71,7 @@ async def ward_inpatients(conn: asyncpg.Connection | asyncpg.Pool, ward_id: str)
             """SELECT p.id AS patient_id, p.name, p.gender, p.birth_date, o.bed_no, o.id AS order_id,
                       o.exam_code, e.name AS exam_name, o.priority, o.ordered_at
                  FROM exam_order o JOIN patient p ON p.id = o.patient_id JOIN exam_type e ON e.code = o.exam_code
-                WHERE o.ward_id = $1 AND o.patient_class = 'inpatient' AND o.status = 'ordered'
+                WHERE o.ward_id = $1 AND o.patient_class = 'inpatient' AND o.status IN ('ordered', 'no_show')
                 ORDER BY o.bed_no NULLS LAST, p.id, o.id""",
             ward_id,
         )

@@ -17,7 +17,9 @@ from app.errors import (
     AppointmentNotLive,
     DatabaseUnavailable,
     HoldExpired,
+    NotFound,
     OrderNotBookable,
+    OrderStateConflict,
     PatientChanged,
     SlotLocked,
     SlotUnavailable,
@@ -40,6 +42,8 @@ _RAISED: dict[str, type[AppError]] = {
     "HOLD_EXPIRED": HoldExpired,
     "APPOINTMENT_NOT_LIVE": AppointmentNotLive,
     "PATIENT_CHANGED": PatientChanged,
+    "ORDER_STATE": OrderStateConflict,
+    "ORDER_NOT_FOUND": NotFound,
 }
 
 _UNAVAILABLE = (
@@ -98,7 +102,8 @@ async def database_errors() -> AsyncIterator[None]:
         error = _RAISED.get(str(exc.args[0]) if exc.args else "")
         if error is None:
             raise
-        raise error(detail=f"{exc.args[0]}: {exc.detail or ''}") from exc
+        extra = {"state": exc.detail} if error is OrderStateConflict else {}
+        raise error(detail=f"{exc.args[0]}: {exc.detail or ''}", **extra) from exc
     except asyncpg.UniqueViolationError as exc:
         if exc.constraint_name == "appointment_one_live_per_order":
             raise OrderNotBookable(detail="order already has a live appointment") from exc

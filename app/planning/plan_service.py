@@ -18,6 +18,7 @@ from app.booking.service import BookedAppointment, BookingService, BookItem, che
 from app.booking.slot_store import SlotStore
 from app.db import booking_repo, patient_repo
 from app.errors import NotFound, SlotUnavailable, ValidationFailed
+from app.orders.lifecycle import BOOKABLE
 from app.planning.planner import Candidate, Plan, PlanExam, PlanRequest, PlanResult, Preferences, make_plans
 from app.planning.rule_service import Override, ProposedExam, RuleService, violation_payload
 from app.security.actor import Actor
@@ -84,7 +85,7 @@ class PlanService:
         pending = await patient_repo.orders_of(self.pool, patient_id)
         if not pending and await patient_repo.patient_by_id(self.pool, patient_id) is None:
             raise NotFound("患者不存在", detail=f"patient {patient_id} not found")
-        open_orders = {int(r["id"]): r for r in pending if r["status"] == "ordered"}
+        open_orders = {int(r["id"]): r for r in pending if r["status"] in BOOKABLE}
         wanted = list(order_ids) if order_ids else sorted(open_orders)
         missing = [o for o in wanted if o not in open_orders]
         if missing:
@@ -210,7 +211,7 @@ class PlanService:
             out["violations"] = [violation_payload(v, actor) for v in found]
         out["bookable"] = (
             out["capable"]
-            and row["status"] == "ordered"
+            and row["status"] in BOOKABLE
             and capacity_reason is None
             and all(v["overridable"] for v in out["violations"])
             and not any(v["severity"] == "block" for v in out["violations"])

@@ -96,22 +96,22 @@ async def test_server_enforces_the_declared_roles_on_every_route(services: Servi
 async def test_every_socket_enforces_its_declared_roles(services: Services) -> None:
     tokens = {role: await token_for(services, user) for role, user in DEMO_USER_OF_ROLE.items()}
     sockets = [spec for spec in (route_spec(r) for r in build_routes()) if spec is not None and spec.kind == "ws"]
-    assert {s.path for s in sockets} == {"/ws/grid", "/ws/wall"}
+    assert {s.path for s in sockets} == {"/ws/grid", "/ws/wall", "/ws/queue"}
     day = services.reconciler.today()
-    query = f"?department=US&day={day}&"
+    queries = {"/ws/grid": f"?department=US&day={day}", "/ws/wall": f"?day={day}", "/ws/queue": f"?room=CT1&day={day}"}
     checked = 0
     async with serve_app(services) as base:
         for spec in sockets:
-            path = spec.path + query.replace("department=US&", "" if spec.path == "/ws/wall" else "department=US&")
-            path = path.rstrip("&")
+            path = spec.path + queries[spec.path]
             ws = await open_socket(base, path, None)
             await ws.send('{"type":"auth","token":"nope"}')
             assert await _close_code(ws) == 4401, path
             for role, token in tokens.items():
                 ws = await open_socket(base, path, token)
                 if role == "display":
-                    # /ws/grid declares it (display devices with a grid scope) but this account has no
-                    # scope: refused for the object; /ws/wall does not declare it: refused by the table.
+                    # /ws/grid and /ws/queue declare it (display devices with a grid or queue scope) but
+                    # this account has no scope: refused for the object; /ws/wall does not declare it:
+                    # refused by the table.
                     assert await _close_code(ws) == 4403, (path, role)
                 elif role in spec.roles:
                     frame = await next_frame(ws)
