@@ -1,6 +1,7 @@
 """Background roles run inside the app process in the default set-up: the hold reaper, the
 rebuild of days and room queues whose Redis update failed, the release of reserved quotas at their
-set time, and the no-show sweep with the credit rule.
+set time, the no-show sweep with the credit rule, and (a task of its own) patient notices: the
+reminder and notice sweeps and the delivery of the outbox to the SMS / WeChat gateway.
 Production can run them as `python -m app worker`."""
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from datetime import UTC, datetime
 from app.booking.quota_release import release_due
 from app.booking.reaper import reap_expired
 from app.errors import AppError
+from app.notify.worker import run_notifications
 from app.services import Services
 
 logger = logging.getLogger(__name__)
@@ -32,13 +34,29 @@ async def sweep_once(services: Services) -> None:
 
 
 async def run_background(services: Services, stop: asyncio.Event) -> None:
+    # Patient notices run as their own task: a slow gateway must never hold up the hold reaper.
+    notices = asyncio.create_task(
+        run_notifications(
+            services.pool,
+            services.notifier,
+            services.settings.booking.hospital_id,
+            services.reconciler.tz,
+            services.settings.notify,
+            stop,
+        )
+    )
     interval = services.settings.booking.reaper_interval_s
-    while not stop.is_set():
-        try:
-            await sweep_once(services)
-        except AppError as exc:
-            logger.warning("background sweep skipped: %s", exc.code)
-        except Exception:
-            logger.exception("background sweep failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+    try:
+        while not stop.is_set():
+            try:
+                await sweep_once(services)
+            except AppError as exc:
+                logger.warning("background sweep skipped: %s", exc.code)
+            except Exception:
+                logger.exception("background sweep failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+    finally:
+        notices.cancel()  # a round cut short rolls back; its messages go again with the same ids
+        with contextlib.suppress(asyncio.CancelledError):
+            await notices

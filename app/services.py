@@ -17,6 +17,7 @@ from app.booking.service import BookingService
 from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
+from app.notify.factory import build_sender
 from app.orders.credit import CreditService
 from app.orders.service import OrderService
 from app.planning.catalogue import Catalogue
@@ -96,6 +97,7 @@ class Services:
         self.pool_admin = PoolAdmin(pool, self.store, self.reconciler, self.publisher, b.hospital_id)
         self.queues = QueueService(pool, QueueStore(redis, self.keys), lambda: self.catalogue, b)
         self.orders = OrderService(pool, self.booking, self.credit, hospital_id=b.hospital_id, tz=ZoneInfo(b.timezone))
+        self.notifier = build_sender(settings.notify, pool)  # SMS / WeChat gateway, or the development log
         self.sessions = SessionManager(
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )
@@ -127,5 +129,6 @@ class Services:
 
     async def close(self) -> None:
         await self.live.close()
+        await self.notifier.aclose()
         await self.pool.close()
         await self.redis.aclose()

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import msgspec
 
+from app.notify.settings import NotifySettings, notify_settings
+
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -70,6 +72,7 @@ class Settings(msgspec.Struct, frozen=True):
     booking: BookingSettings
     data_dir: Path
     environment: str = "development"
+    notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
 
     @property
     def embedded(self) -> bool:
@@ -120,4 +123,5 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         ),
         data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
         environment=env.get("HY_ENV", "development"),
+        notify=notify_settings(env),
     )

@@ -23,7 +23,6 @@ ALTER TABLE exam_type ADD COLUMN checkin_early_min integer NOT NULL DEFAULT 60
     CHECK (checkin_early_min BETWEEN 0 AND 1440);
 ALTER TABLE exam_type ADD COLUMN noshow_grace_min integer NOT NULL DEFAULT 30
     CHECK (noshow_grace_min BETWEEN 0 AND 1440);
-UPDATE exam_type SET noshow_grace_min = 15 WHERE modality = 'MR';
 
 -- One row per checked-in appointment: the room's queue for the day. Redis holds the order of the
 -- waiting line (app/queue/lua/queue.lua); this table holds who is in it, their ticket and state,

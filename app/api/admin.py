@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any
 
 import msgspec
@@ -11,7 +11,7 @@ from app.api.routing import Call, api_route
 from app.booking.pools import GenerationReport, LockReport
 from app.booking.relocate import Move
 from app.booking.service import CHANNELS
-from app.db import slot_repo
+from app.db import notify_repo, patient_repo, slot_repo
 from app.errors import Forbidden, NotFound, ValidationFailed
 from app.security.actor import Actor
 
@@ -168,6 +168,25 @@ async def reload_catalogue(call: Call) -> dict[str, Any]:
     return {"exam_types": len(call.services.catalogue.exam_types), "resources": len(call.services.catalogue.resources)}
 
 
+class DevNoticesQuery(msgspec.Struct, forbid_unknown_fields=True):
+    limit: Annotated[int, msgspec.Meta(ge=1, le=200)] = 50
+    patient_id: Annotated[int, msgspec.Meta(ge=1, le=2**62)] | None = None
+
+
+async def dev_notices(call: Call) -> list[dict[str, Any]]:
+    """What the development sender 'sent' (destinations masked): the demo's stand-in for phones."""
+    q: DevNoticesQuery = call.query
+    rows = await notify_repo.latest_dev_messages(call.services.pool, q.limit, q.patient_id)
+    await patient_repo.audit(
+        call.services.pool, call.staff, "read", "notice.dev_log", str(q.patient_id or "*"), q.patient_id
+    )
+    return [dict(r.items()) for r in rows]
+
+
+async def notice_backlog(call: Call) -> dict[str, Any]:
+    return dict((await notify_repo.backlog(call.services.pool, datetime.now(UTC))).items())
+
+
 routes = [
     api_route(
         "/api/v1/admin/templates",
@@ -249,6 +268,21 @@ routes = [
         methods=("POST",),
         roles=SYS_ADMIN,
         summary="Reload the exam catalogue from PostgreSQL",
+        tag="admin",
+    ),
+    api_route(
+        "/api/v1/admin/notices/dev-log",
+        dev_notices,
+        roles=SYS_ADMIN,
+        summary="Messages the development sender recorded (destinations masked), newest first; audited",
+        tag="admin",
+        query=DevNoticesQuery,
+    ),
+    api_route(
+        "/api/v1/admin/notices/backlog",
+        notice_backlog,
+        roles=SYS_ADMIN,
+        summary="Patient notices waiting, due, given up; the oldest waiting and the most attempts",
         tag="admin",
     ),
 ]

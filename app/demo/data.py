@@ -63,6 +63,8 @@ class ExamType(msgspec.Struct, frozen=True):
     full_bladder: bool = False
     contrast: str | None = None  # iodine / gadolinium / barium / ultrasound
     anaesthesia: bool = False
+    # Not checked in by slot end + this: a no-show (DOMAIN.md: 30 min, MRI 15 min).
+    noshow_grace_min: int = 30
 
 
 class SlotTemplate(msgspec.Struct, frozen=True):
@@ -272,7 +274,9 @@ def _ct(
 def _mr(
     code: str, name: str, body: str, minutes: int, prep: str, *, fasting: bool = False, contrast: str | None = None
 ) -> ExamType:
-    return ExamType(code, name, "MR", "RAD", body, minutes, prep, fasting=fasting, contrast=contrast)
+    return ExamType(
+        code, name, "MR", "RAD", body, minutes, prep, fasting=fasting, contrast=contrast, noshow_grace_min=15
+    )
 
 
 def _us(

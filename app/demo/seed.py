@@ -109,6 +109,7 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
                 "contrast",
                 "anaesthesia",
                 "prep_text",
+                "noshow_grace_min",
             ),
             records=[
                 (
@@ -123,6 +124,7 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
                     e.contrast,
                     e.anaesthesia,
                     e.prep_text,
+                    e.noshow_grace_min,
                 )
                 for e in data.EXAM_TYPES
             ],

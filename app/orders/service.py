@@ -1,5 +1,6 @@
 """The closed loop's other steps: payment and report states by API (and later by HL7), the
-timeline of an order, and the no-show sweep with the credit rule."""
+timeline of an order, and the no-show sweep with the credit rule. (The patient hears of a published
+report from the notification sweep, app/notify/sweeps.py.)"""
 
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ class OrderService:
             )
         if not actor.roles & step.roles:
             raise Forbidden(f"当前账号不能{step.name}", detail=f"{event} needs one of {sorted(step.roles)}")
-        order = await self._order(actor, order_id)
+        await self._order(actor, order_id)
         try:
             before = await order_repo.transition(
                 self.pool,
@@ -78,17 +79,6 @@ class OrderService:
             state = str(exc.extra.get("state", ""))
             raise OrderStateConflict(lifecycle.refusal_message(event, state), detail=exc.detail, state=state) from exc
         after = lifecycle.target(event, before)
-        if event == "published":
-            await booking_repo.insert_notice(
-                self.pool,
-                int(order["patient_id"]),
-                {
-                    "kind": "report_ready",
-                    "order_id": order_id,
-                    "dedupe": f"report_ready:{order_id}",
-                    "message": f"您的{order['exam_name']}报告已发布，可在医院公众号或自助机查询打印。",
-                },
-            )
         return {
             "order_id": order_id,
             "event": event,

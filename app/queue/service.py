@@ -22,7 +22,7 @@ import asyncpg
 import msgspec
 import orjson
 
-from app.db import booking_repo, order_repo
+from app.db import order_repo
 from app.errors import (
     AppError,
     CheckInRefused,
@@ -32,6 +32,7 @@ from app.errors import (
     QueueActionRefused,
     ValidationFailed,
 )
+from app.notify.sweeps import queue_delay_notice
 from app.orders import lifecycle
 from app.planning.catalogue import Catalogue, Resource
 from app.queue import model
@@ -216,10 +217,19 @@ class QueueService:
         }
 
     async def snapshot_frame(self, resource_id: str, day: date) -> tuple[int, bytes]:
-        """A call screen's snapshot: the same view every delta carries."""
-        view = await self.view(resource_id, day)
-        frame = {"type": "snapshot", "topic": queue_topic(resource_id, day), **view}
-        return int(view["seq"]), orjson.dumps(frame)
+        """A call screen's snapshot: the room, and the queue in the shape every delta carries it
+        (app/booking/lua/queue.lua: entries with ticket `t`, screen name `nm`, mark `mk`, ...)."""
+        room = self.room(resource_id)
+        result = await self.state(resource_id, day)
+        frame = {
+            "type": "snapshot",
+            "seq": result.seq,
+            "topic": queue_topic(resource_id, day),
+            "room": {"id": room.id, "name": room.name, "call_name": self.call_name(room), "location": room.location},
+            "day": day.isoformat(),
+            "state": result.state,
+        }
+        return result.seq, orjson.dumps(frame)
 
     # -- check-in -------------------------------------------------------------------------------
 
@@ -508,20 +518,17 @@ class QueueService:
         if not moved:
             return []
         patients = await order_repo.queue_patients(self.pool, [int(m[0]) for m in moved])
-        where = room.location or room.name
-        for ident, old, new in moved:
-            await booking_repo.insert_notice(
+        exams = {str(e["id"]): str(e.get("ex") or "检查") for e in after.get("waiting", [])}
+        for ident, _, new in moved:
+            await queue_delay_notice(
                 self.pool,
-                patients[int(ident)],
-                {
-                    "kind": "queue_delayed",
-                    "appointment_id": int(ident),
-                    "dedupe": f"queue_delayed:{ident}:{new // 60_000}",
-                    "message": (
-                        f"因急诊或优先患者插入，您在{where}的预计检查时间由 {self._hm(old)} 推迟至约 {self._hm(new)}，"
-                        "请留意叫号，过号请到分诊台报到。"
-                    ),
-                },
+                patient_id=patients[int(ident)],
+                appointment_id=int(ident),
+                exam_name=exams.get(ident, "检查"),
+                room=room.location or room.name,
+                expected_at=datetime.fromtimestamp(new / 1000, UTC),
+                tz=self.tz,
+                revision=int(after.get("seq", 0)),
             )
         logger.info("queue %s: %d waiting patients told of a delay", room.id, len(moved))
         return [int(m[0]) for m in moved]

@@ -4,7 +4,7 @@ it, a whole order's timeline, check-in refusals, the room queue's actions and th
 from __future__ import annotations
 
 import asyncio
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import msgspec
@@ -12,6 +12,7 @@ import pytest
 
 from app.booking.service import BookItem
 from app.errors import AppError, CheckInRefused, OrderStateConflict, QueueActionRefused
+from app.notify.sweeps import schedule_report_notices
 from app.orders import lifecycle
 from app.queue import model
 from app.services import Services
@@ -112,6 +113,9 @@ async def test_one_order_through_the_whole_loop_has_a_complete_timeline(services
         str(order),
     )
     assert [p["payload"]["to"] for p in sent] == [c[2] for c in chain]
+    # The notification sweep tells the patient of the published report, once.
+    for _ in range(2):
+        await schedule_report_notices(services.pool, "h1", datetime.now(UTC))
     notices = await services.pool.fetch(
         "SELECT payload FROM outbox WHERE topic = 'patient.notice' AND aggregate_id = $1", str(b["patient_id"])
     )
@@ -237,9 +241,56 @@ async def test_emergency_insertion_during_concurrent_check_ins_keeps_one_order_a
     assert model.waiting_ids(after_state)[:2] == [str(urgent["appointment_id"]), str(last)]
     delayed = {int(i) for i, _, _ in model.delayed(before, model.expected_starts(after_state, now_ms), 5 * 60_000)}
     told = await services.pool.fetch(
-        "SELECT payload FROM outbox WHERE topic = 'patient.notice' AND payload ->> 'kind' = 'queue_delayed'"
+        "SELECT payload FROM outbox WHERE topic = 'patient.notice' AND payload ->> 'kind' = 'queue_delay'"
     )
     assert delayed, "moving a CT patient ahead of ten others delays someone by more than 5 minutes"
     assert {int(t["payload"]["appointment_id"]) for t in told} == delayed
-    assert all("推迟" in t["payload"]["message"] for t in told)
+    assert all("预计" in t["payload"]["message"] and "请留意叫号" in t["payload"]["message"] for t in told)
     await assert_redis_matches_postgres(services, day)
+
+
+async def test_the_wall_reads_its_closed_loop_kpis_from_the_event_log(services: Services) -> None:
+    from dashboards.metrics import compute
+
+    day = future_day(services, 2)
+    booked = await _book(services, "CT-HEAD", day, "CT1", count=3)
+    clerk, tech = await actor_for(services, "clerk"), await actor_for(services, "tech")
+    done, missed = booked[:2], booked[2]
+    for b in done:
+        await services.orders.apply(clerk, b["order_id"], "pay", "", "desk")
+    await services.pool.execute("UPDATE exam_type SET checkin_early_min = 600 WHERE code = 'CT-HEAD'")
+    _at(services, done[0]["slot"]["starts_at"].timestamp() - 600)
+    for b in done:
+        await services.queues.check_in(clerk, b["appointment_id"], "desk")
+    for b in done:
+        await services.queues.act(tech, "CT1", "call", day=day)
+        await services.queues.act(tech, "CT1", "start", b["appointment_id"], day=day)
+        await services.queues.act(tech, "CT1", "finish", b["appointment_id"], day=day)
+    for event in ("report_written", "verified"):
+        await services.orders.apply(tech, done[0]["order_id"], event, "", "desk")
+    await services.orders.sweep_no_shows(missed["slot"]["ends_at"] + timedelta(minutes=31))
+    tz = services.settings.booking.timezone
+    # The events happened now (PostgreSQL's clock), so they count for today's wall.
+    today = await compute(services.pool, services.catalogue, "h1", tz, services.reconciler.today())
+    t = today["totals"]
+    assert t["started"] == 2 and t["on_time_start_rate"] == 1.0 and t["checkin_to_start_min"] is not None
+    assert t["outpatients_completed"] == 2 and t["same_day_completion_rate"] == 1.0
+    assert t["reports_verified"] == 1 and t["report_on_target_rate"] == 1.0
+    assert today["reports"] == [
+        {
+            "modality": "CT",
+            "patient_class": "outpatient",
+            "n": 1,
+            "avg_min": today["reports"][0]["avg_min"],
+            "target_min": 240,
+            "on_target_rate": 1.0,
+        }
+    ]
+    exam_day = await compute(services.pool, services.catalogue, "h1", tz, day)
+    rad = next(d for d in exam_day["departments"] if d["department_id"] == "RAD")
+    live = await services.pool.fetchval(
+        """SELECT count(*) FROM appointment a JOIN exam_type e ON e.code = a.exam_code
+            WHERE a.day = $1 AND a.status = 'booked' AND e.department_id = 'RAD'""",
+        day,
+    )
+    assert rad["no_show"] == 1 and rad["no_show_rate"] == round(1 / (live + 1), 4)

@@ -121,6 +121,7 @@ else
     id = e.id
     if redis.call('HEXISTS', ent, id) == 1 then return {'EXISTS', id, current_seq(), ''} end
     e.st = 'waiting'
+    e.calls = e.calls or 0; e.passes = e.passes or 0; e.ca = e.ca or 0; e.sa = e.sa or 0
     put(e)
     place(e)
   elseif op == 'call' and (id == nil or id == '') then
