@@ -25,6 +25,8 @@ _ASSETS = {
     "self.js": "text/javascript",
     "desk.js": "text/javascript",
     "pool.js": "text/javascript",
+    "callscreen.js": "text/javascript",
+    "console.js": "text/javascript",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()
@@ -42,6 +44,8 @@ PAGES = {
     "/self": ("self.html", "Self-service booking for kiosks and phones (identity check)"),
     "/slips": ("slips.html", "Printable appointment slips, ?ids= (data: staff)"),
     "/pool": ("pool.html", "Slot-pool administration (data: admins)"),
+    "/callscreen": ("callscreen.html", "A room's call screen, ?room= (data: display devices with a queue scope)"),
+    "/console": ("console.html", "Check-in and the room queue for modality staff, ?room= (data: technicians)"),
 }
 
 

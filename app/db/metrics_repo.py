@@ -48,7 +48,8 @@ async def day_figures(pool: asyncpg.Pool, hospital_id: str, day: date, tz: str) 
         out["outcomes"] = await conn.fetch(
             """SELECT e.department_id,
                       count(*) FILTER (WHERE a.status = 'booked')::int AS live,
-                      count(*) FILTER (WHERE a.status = 'cancelled')::int AS cancelled
+                      count(*) FILTER (WHERE a.status = 'cancelled')::int AS cancelled,
+                      count(*) FILTER (WHERE a.status = 'no_show')::int AS no_show
                  FROM appointment a JOIN exam_type e ON e.code = a.exam_code
                 WHERE a.hospital_id = $1 AND a.day = $2 GROUP BY 1 ORDER BY 1""",
             hospital_id,
@@ -72,6 +73,58 @@ async def day_figures(pool: asyncpg.Pool, hospital_id: str, day: date, tz: str) 
                  FROM appointment a JOIN exam_order o ON o.id = a.order_id
                 WHERE a.hospital_id = $1 AND a.day = $2 AND a.status = 'booked'
                   AND o.patient_class = 'outpatient'""",
+            hospital_id,
+            day,
+            tz,
+        )
+        # From the closed loop's event log (sql/0007): exams started that day — wait from check-in to
+        # start, and started within 15 minutes of the appointment time.
+        out["punctuality"] = await conn.fetch(
+            """SELECT count(*)::int AS n,
+                      avg(extract(epoch FROM ev.at - q.checked_in_at) / 60)::float AS avg_wait_min,
+                      count(*) FILTER (WHERE ev.at <= a.starts_at + interval '15 minutes')::int AS on_time
+                 FROM order_event ev
+                 JOIN appointment a ON a.id = ev.appointment_id
+                 JOIN queue_entry q ON q.appointment_id = a.id
+                WHERE ev.event = 'started' AND a.hospital_id = $1
+                  AND ev.at >= ($2::date::timestamp AT TIME ZONE $3)
+                  AND ev.at < (($2::date + 1)::timestamp AT TIME ZONE $3)""",
+            hospital_id,
+            day,
+            tz,
+        )
+        # Outpatient exams finished that day, and how many of them were ordered that same day.
+        out["completed"] = await conn.fetch(
+            """SELECT count(*)::int AS n,
+                      count(*) FILTER (WHERE (o.ordered_at AT TIME ZONE $3)::date = $2)::int AS same_day
+                 FROM order_event ev JOIN exam_order o ON o.id = ev.order_id
+                WHERE ev.event = 'done' AND o.hospital_id = $1 AND o.patient_class = 'outpatient'
+                  AND ev.at >= ($2::date::timestamp AT TIME ZONE $3)
+                  AND ev.at < (($2::date + 1)::timestamp AT TIME ZONE $3)""",
+            hospital_id,
+            day,
+            tz,
+        )
+        # Reports verified that day: minutes from the end of the exam, against report_target.
+        out["reports"] = await conn.fetch(
+            """WITH v AS (
+                 SELECT order_id, min(at) AS verified_at FROM order_event
+                  WHERE event = 'verified'
+                    AND at >= ($2::date::timestamp AT TIME ZONE $3) AND at < (($2::date + 1)::timestamp AT TIME ZONE $3)
+                  GROUP BY order_id),
+               d AS (SELECT order_id, max(at) AS done_at FROM order_event
+                      WHERE event = 'done' AND order_id IN (SELECT order_id FROM v) GROUP BY order_id)
+               SELECT e.modality, o.patient_class, count(*)::int AS n,
+                      avg(extract(epoch FROM v.verified_at - d.done_at) / 60)::float AS avg_min,
+                      count(t.minutes)::int AS with_target,
+                      count(*) FILTER (WHERE v.verified_at - d.done_at <= make_interval(mins => t.minutes))::int
+                        AS on_target,
+                      min(t.minutes) AS target_min
+                 FROM v JOIN d USING (order_id)
+                 JOIN exam_order o ON o.id = v.order_id JOIN exam_type e ON e.code = o.exam_code
+                 LEFT JOIN report_target t ON t.patient_class = o.patient_class AND t.modality = e.modality
+                WHERE o.hospital_id = $1
+                GROUP BY 1, 2 ORDER BY 1, 2""",
             hospital_id,
             day,
             tz,

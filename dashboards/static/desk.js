@@ -11,16 +11,129 @@
     return { ok: r.ok, status: r.status, body: await r.json().catch(() => ({})) };
   }
   const when = (iso) => iso.slice(5, 10).replace('-', '月') + '日 ' + hm(new Date(iso).getTime() / 1000);
+  const startHm = (iso) => hm(new Date(iso).getTime() / 1000);
+  const nextDay = (day) => new Date(new Date(day + 'T00:00:00Z').getTime() + 86400000).toISOString().slice(0, 10);
+
+  // What the page says after a booking went through (show() redraws everything else).
+  function notify(text, ids, overridden) {
+    const box = $('#notice');
+    box.replaceChildren(el('p', { className: 'ok booked' }, text + (overridden ? '（已记录越过规则的理由）' : '')));
+    if (ids && ids.length) box.append(el('a', { className: 'primary', href: '/slips?ids=' + ids.join(','), target: '_blank' }, '打印预约单'));
+    box.hidden = false;
+  }
+
+  // A booking request (a plan or one order). A 409 rule_violation is shown inside `box` with each
+  // broken rule; when every one is a warning this account may override, a required reason and
+  // 「仍然预约（需填写理由）」 send the same request again with the overrides. Hard blocks show
+  // their reason only. done(reply, overridden) runs once the booking went through.
+  async function submitBooking(path, body, box, done) {
+    const r = await post(path, body);
+    for (const old of box.querySelectorAll(':scope > .violations, :scope > .box-msg')) old.remove();
+    if (r.ok) { done(r.body, (body.overrides || []).length > 0); return; }
+    if (r.body.code === 'rule_violation' && (r.body.violations || []).length) {
+      box.append(refusal(r.body.violations, (overrides) => submitBooking(path, { ...body, overrides }, box, done)));
+      return;
+    }
+    box.append(el('p', { className: 'bad box-msg' }, r.body.title || '预约失败'));
+  }
+
+  function refusal(violations, retry) {
+    const canOverride = violations.every((v) => v.overridable);
+    const items = violations.map((v) => {
+      const warn = v.severity === 'warn';
+      const note = warn && !v.overridable ? '（当前账号无权越过，请联系开单医生）' : '';
+      return el('li', { className: warn ? 'sev-warn' : 'sev-block' },
+        el('span', { className: 'sev' }, warn ? '警告' : '禁止'), ' ' + v.message + note);
+    });
+    const panel = el('div', { className: 'violations ' + (canOverride ? 'can-override' : 'blocked') },
+      el('p', { className: 'head' }, canOverride
+        ? '该预约不符合以下检查规则（警告），确认患者情况后可以填写理由仍然预约：'
+        : '该预约不符合以下检查规则，不能预约，请另选时段：'),
+      el('ul', {}, ...items));
+    if (!canOverride) return panel;
+    const reason = el('textarea', { name: 'override_reason', rows: 2, maxLength: 500, required: true, placeholder: '例如：患者已知晓并同意，下午空腹检查' });
+    const msg = el('p', { className: 'bad override-msg' });
+    const go = el('button', { className: 'primary override', type: 'button' }, '仍然预约（需填写理由）');
+    reason.oninput = () => { msg.textContent = ''; };
+    go.onclick = async () => {
+      const text = reason.value.trim();
+      if (text.length < 2) { msg.textContent = '请填写越过规则的理由（至少2个字）'; reason.focus(); return; }
+      go.disabled = true;
+      const ids = [...new Set(violations.map((v) => v.rule_id))];
+      try { await retry(ids.map((rule_id) => ({ rule_id, reason: text }))); } finally { go.disabled = false; }
+    };
+    panel.append(el('label', { className: 'override-reason' }, '越过理由（必填）', reason), msg, go);
+    return panel;
+  }
+
+  // One pending order booked on its own: a day, then one button per start time (the room with
+  // the most places left); the clerk may pick any time, the rules are checked on booking.
+  function orderItem(o) {
+    const li = el('li', { className: 'order', id: 'order-' + o.id });
+    const open = el('button', { className: 'secondary option pick-slot', type: 'button' }, '选择时段');
+    const picker = el('div', { className: 'picker', hidden: true });
+    const day = el('input', { type: 'date', name: 'day' });
+    const times = el('div', { className: 'options' });
+    let loading = 0;  // a later day chosen while an earlier one loads wins
+    async function load() {
+      for (const old of li.querySelectorAll(':scope > .violations, :scope > .box-msg')) old.remove();
+      if (!day.value) return;
+      const mine = ++loading;
+      times.replaceChildren(el('span', { className: 'loading' }, '正在查询号源…'));
+      let found;
+      try {
+        found = await api(`/api/v1/availability?exam=${encodeURIComponent(o.exam_code)}&date_from=${day.value}&channel=desk&only_open=true`);
+      } catch (e) { if (mine === loading) times.replaceChildren(el('span', { className: 'bad' }, e.message)); return; }
+      if (mine !== loading) return;
+      const best = new Map();
+      for (const x of found.slots) {
+        if (x.available <= 0) continue;
+        const t = startHm(x.starts_at);
+        if (!best.has(t) || best.get(t).available < x.available) best.set(t, x);
+      }
+      const slots = [...best.entries()].sort(([a], [b]) => a.localeCompare(b));
+      times.replaceChildren(...(slots.length ? slots.map(([t, x]) => {
+        const pick = el('button', { className: 'secondary option slot-option', type: 'button' }, t + ' ' + x.resource_name + '（余' + x.available + '）');
+        pick.dataset.slot = x.slot_id;
+        pick.dataset.start = t;
+        pick.dataset.day = x.day;
+        pick.onclick = () => {
+          for (const b of times.querySelectorAll('.chosen')) b.classList.remove('chosen');
+          pick.classList.add('chosen');
+          const body = { patient_id: patient.id, channel: 'desk', items: [{ order_id: o.id, slot_id: x.slot_id }] };
+          return submitBooking('/api/v1/appointments', body, li, async (reply, overridden) => {
+            const ids = reply.appointments.map((a) => a.appointment_id);
+            await show(patient);
+            notify('已预约：' + o.exam_name + ' ' + when(x.starts_at) + ' ' + x.resource_name, ids, overridden);
+          });
+        };
+        return pick;
+      }) : [el('span', {}, '当天无可用号源，请换一天')]));
+    }
+    day.onchange = load;
+    open.onclick = async () => {
+      picker.hidden = !picker.hidden;
+      if (picker.hidden) return;
+      if (!HY.today()) await loadClock();
+      day.min = HY.today();
+      if (!day.value) day.value = nextDay(HY.today());  // tomorrow in the hospital's calendar, by default
+      load();
+    };
+    picker.append(el('label', {}, '检查日期 ', day), times);
+    li.append(el('span', {}, o.exam_name + '（' + o.ordering_department_id + '）'), open, picker);
+    return li;
+  }
 
   async function show(p) {
     patient = p;
     $('#msg').textContent = '';
+    $('#notice').hidden = true;
     const gender = { M: '（男）', F: '（女）' }[p.gender] || '';
     $('#p-name').textContent = p.name_masked + gender;
     $('#p-ids').textContent = '就诊卡 ' + p.mrn + ' · 身份证 ' + (p.id_number_masked || '未登记');
     const [orders, appts] = await Promise.all([api(`/api/v1/patients/${p.id}/orders`), api(`/api/v1/patients/${p.id}/appointments`)]);
-    const pending = orders.orders.filter((o) => o.status === 'ordered');
-    $('#orders').replaceChildren(...(pending.length ? pending.map((o) => el('li', {}, o.exam_name + '（' + o.ordering_department_id + '）')) : [el('li', {}, '无')]));
+    const pending = orders.orders.filter((o) => o.status === 'ordered' || o.status === 'no_show');
+    $('#orders').replaceChildren(...(pending.length ? pending.map(orderItem) : [el('li', {}, '无')]));
     $('#propose').hidden = !pending.length;
     const live = appts.appointments.filter((a) => a.status === 'booked');
     $('#appt-list').replaceChildren(...live.map((a) => {
@@ -82,13 +195,16 @@
         book);
       book.onclick = async () => {
         const items = plan.items.map((i) => ({ order_id: i.order_id, slot_id: i.slot_id }));
-        const res = await post('/api/v1/plans/book', { patient_id: patient.id, channel: 'desk', items });
-        if (!res.ok) { $('#msg').textContent = res.body.title || '预约失败'; return; }
-        const ids = res.body.appointments.map((a) => a.appointment_id);
-        box.append(el('p', { className: 'ok booked' }, '已预约 ' + ids.length + ' 项。'),
-          el('a', { className: 'primary', href: '/slips?ids=' + ids.join(','), target: '_blank' }, '打印预约单'));
         book.disabled = true;
-        show(patient).then(() => $('#plans').append(box));
+        await submitBooking('/api/v1/plans/book', { patient_id: patient.id, channel: 'desk', items }, box, (reply, overridden) => {
+          const ids = reply.appointments.map((a) => a.appointment_id);
+          for (const old of box.querySelectorAll('.violations')) old.remove();
+          box.append(el('p', { className: 'ok booked' }, '已预约 ' + ids.length + ' 项。' + (overridden ? '（已记录越过规则的理由）' : '')),
+            el('a', { className: 'primary', href: '/slips?ids=' + ids.join(','), target: '_blank' }, '打印预约单'));
+          book.hidden = true;
+          show(patient).then(() => $('#plans').append(box));
+        });
+        book.disabled = false;
       };
       return box;
     }));

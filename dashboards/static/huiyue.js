@@ -56,8 +56,9 @@ const HY = (() => {
 
   // A live screen: a snapshot then numbered deltas (realtime/stream.py). Reconnects by itself,
   // asks for a fresh snapshot when a number is skipped, and reports its state to onState:
-  // 'live', 'reconnecting' or a Chinese error text. Returns {close()}.
-  function live(path, onFrame, onState) {
+  // 'live', 'reconnecting' or a Chinese error text. Returns {close()}. opts.onUnauthorized replaces
+  // the login form (a display device has no one to log in).
+  function live(path, onFrame, onState, opts) {
     let ws = null, last = -1, retry = 0, watchdog = null, stopped = false, unacked = 0;
     const proto = location.protocol === 'https:' ? 'wss://' : 'ws://';
 
@@ -87,6 +88,7 @@ const HY = (() => {
       ws.onclose = (ev) => {
         clearTimeout(watchdog);
         if (stopped) return;
+        if (ev.code === 4401 && opts && opts.onUnauthorized) { opts.onUnauthorized(); return; }
         if (ev.code === 4401) { forget(); onState('请先登录'); showLogin('请先登录', () => connect()); return; }
         if (ev.code === 4403) { onState('您没有查看此页面的权限'); return; }
         if (ev.code === 4400) { onState('参数有误：' + (ev.reason || '')); return; }

@@ -28,6 +28,12 @@
     $('#t-cancel').textContent = pct(t.cancel_rate);
     $('#t-noshow').textContent = pct(t.no_show_rate);
     $('#t-sameday').textContent = pct(t.outpatient_same_day_rate);
+    $('#t-wait').textContent = t.checkin_to_start_min === null ? '–' : t.checkin_to_start_min + ' 分';
+    $('#t-ontime').textContent = pct(t.on_time_start_rate);
+    $('#t-done').textContent = pct(t.same_day_completion_rate);
+    $('#t-report').textContent = pct(t.report_on_target_rate);
+    $('#t-started').textContent = String(t.started);
+    $('#t-reports').textContent = String(t.reports_verified);
     $('#updated').textContent = '更新于 ' + clockTime(data.generated_at);
 
     const channels = [...new Set(data.bookings.map((b) => b.channel_name))];

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -173,28 +174,111 @@ async def test_a_nurse_batch_books_five_inpatients_and_opens_their_slips(service
         assert await slips.locator("section.slip svg").count() == len(ids)
 
 
-async def test_a_patient_self_books_on_a_phone_and_cancels_one(services: Services, browser: Browser) -> None:
+PHONE = {"width": 390, "height": 844}
+
+
+async def self_book(page: Page, base: str, shots: str = "self") -> int:
+    """Identify as PATIENTS[3] on /self and book the one-tap plan; the number of appointments."""
     who = PATIENTS[3]
+    await page.goto(f"{base}/self")
+    await page.fill("input[name=id_number]", who.id_number or "")
+    await page.fill("input[name=name]", who.name)
+    await page.click("#id-form button")
+    await page.locator("#order-list li").first.wait_for()
+    pending = await page.locator("#order-list li").count()
+    await page.click("#plan")
+    await page.locator("#plan-body li").first.wait_for(timeout=20000)
+    await page.screenshot(path=SHOTS / f"{shots}-proposal.png", full_page=True)
+    await page.click("#confirm")
+    await page.locator("#done").wait_for(state="visible", timeout=20000)
+    await page.locator("#mine-list li.appt").first.wait_for()
+    booked = await page.locator("#mine-list li.appt").count()
+    assert 1 <= booked <= pending
+    await page.screenshot(path=SHOTS / f"{shots}-booked.png", full_page=True)
+    return booked
+
+
+def shown_time(services: Services, at: datetime) -> str:
+    """A time as the pages show it: 08月05日 14:30, in the hospital's zone."""
+    local = at.astimezone(services.reconciler.tz)
+    return f"{local:%m}月{local:%d}日 {local:%H:%M}"
+
+
+async def test_a_patient_self_books_on_a_phone_and_cancels_one(services: Services, browser: Browser) -> None:
     SHOTS.mkdir(parents=True, exist_ok=True)
     async with serve_app(services) as base:
-        page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
-        await page.goto(f"{base}/self")
-        await page.fill("input[name=id_number]", who.id_number or "")
-        await page.fill("input[name=name]", who.name)
-        await page.click("#id-form button")
-        await page.locator("#order-list li").first.wait_for()
-        pending = await page.locator("#order-list li").count()
-        await page.click("#plan")
-        await page.locator("#plan-body li").first.wait_for(timeout=20000)
-        await page.screenshot(path=SHOTS / "self-proposal.png", full_page=True)
-        await page.click("#confirm")
-        await page.locator("#done").wait_for(state="visible", timeout=20000)
-        await page.locator("#mine-list li").first.wait_for()
-        booked = await page.locator("#mine-list li").count()
-        assert 1 <= booked <= pending
-        await page.screenshot(path=SHOTS / "self-booked.png", full_page=True)
-        await page.locator("#mine-list li button").first.click()
-        await page.wait_for_function(f"document.querySelectorAll('#mine-list li').length === {booked - 1}")
+        page = await browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+        booked = await self_book(page, base)
+        await page.locator("#mine-list li.appt button.cancel").first.click()
+        await page.wait_for_function(f"document.querySelectorAll('#mine-list li.appt').length === {booked - 1}")
+
+
+async def test_a_patient_reschedules_on_a_phone_until_the_change_window_closes(
+    services: Services, browser: Browser
+) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport=PHONE, is_mobile=True, has_touch=True)
+        await self_book(page, base, "self-move")
+        first = page.locator("#mine-list li.appt").first
+        appt_id = int((await first.get_attribute("id") or "").removeprefix("appt-"))
+        old = await services.pool.fetchrow(
+            "SELECT order_id, slot_id, exam_code FROM appointment WHERE id = $1", appt_id
+        )
+        await first.locator("button.move").click()
+        days = first.locator("button.day")
+        await days.first.wait_for()
+        await days.last.click()  # the last day offered: away from the plan's days and their rules
+        times = first.locator("button.time")
+        await times.first.wait_for()
+        await page.screenshot(path=SHOTS / "self-reschedule-pick.png", full_page=True)
+        moved = page.locator("#moved")
+        for n in range(await times.count()):  # a time the rules refuse is struck out with the reason
+            await times.nth(n).click()
+            await first.locator("button.confirm").wait_for()
+            if n == 0:
+                await page.screenshot(path=SHOTS / "self-reschedule-confirm.png", full_page=True)
+            await first.locator("button.confirm").click()
+            await page.wait_for_function(
+                f"!document.getElementById('moved').hidden"
+                f" || document.querySelectorAll('#appt-{appt_id} button.time')[{n}]?.disabled === true"
+            )
+            if await moved.is_visible():
+                break
+        assert await moved.is_visible(), await page.text_content(".move-msg")
+        new = await services.pool.fetchrow(
+            "SELECT id, slot_id, starts_at FROM appointment WHERE order_id = $1 AND status = 'booked'", old["order_id"]
+        )
+        await page.locator(f"#appt-{new['id']}").wait_for()
+        when = shown_time(services, new["starts_at"])
+        body = await page.text_content("#moved-body") or ""
+        prep = await services.pool.fetchval("SELECT prep_text FROM exam_type WHERE code = $1", old["exam_code"])
+        assert when in body and "检查前准备" in body and prep.splitlines()[0].strip() in body, body
+        assert when in (await page.text_content(f"#appt-{new['id']}") or "")
+        await page.screenshot(path=SHOTS / "self-rescheduled.png", full_page=True)
+        statuses = await services.pool.fetch(
+            "SELECT id, status, slot_id FROM appointment WHERE order_id = $1 ORDER BY id", old["order_id"]
+        )
+        assert [(r["id"], r["status"]) for r in statuses] == [(appt_id, "rescheduled"), (new["id"], "booked")]
+        assert new["slot_id"] != old["slot_id"]
+
+        # Inside the hospital's change window the API refuses, and the page says so in its words.
+        cutoff = services.booking.self_change_cutoff_s
+        services.booking.self_change_cutoff_s = 30 * 86400.0
+        try:
+            li = page.locator(f"#appt-{new['id']}")
+            await li.locator("button.move").click()
+            await li.locator("button.time").first.click()
+            await li.locator("button.confirm").click()
+            refusal = li.locator(".move-msg")
+            await refusal.wait_for()
+            assert "不能自助取消或改约" in (await refusal.text_content() or "")
+            await page.screenshot(path=SHOTS / "self-reschedule-refused.png", full_page=True)
+        finally:
+            services.booking.self_change_cutoff_s = cutoff
+        assert await li.locator("button.time").first.is_hidden()  # no other time offered then
+    still = await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", new["id"])
+    assert still == "booked"
 
 
 async def test_a_clerk_finds_a_patient_and_books_a_three_exam_plan(services: Services, browser: Browser) -> None:
@@ -243,6 +327,74 @@ async def test_a_clerk_finds_a_patient_and_books_a_three_exam_plan(services: Ser
     assert {r["slot_id"] for r in booked} != {r["slot_id"] for r in before}  # one of them moved
 
 
+async def test_a_clerk_overrides_a_rule_warning_with_a_reason_but_not_a_hard_block(
+    services: Services, browser: Browser
+) -> None:
+    day = future_day(services)
+    (pid, (us_order, endo_order)), *_ = await new_patients_with_orders(
+        services.pool, 1, ["US-ABD-UPPER", "ES-GASTRO-PAINLESS"]
+    )
+    mrn = await services.pool.fetchval("SELECT mrn FROM patient WHERE id = $1", pid)
+    reason = "患者上午需透析，已告知检查前空腹6小时"
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 1000})
+        await page.goto(f"{base}/desk")
+        await login(page, "clerk")
+        await page.fill("#find input[name=card]", mrn)
+        await page.click("#find button")
+        await page.locator("#orders li").nth(1).wait_for()
+
+        # A hard block: painless gastroscopy before the anaesthesia assessment passed (R11).
+        endo = page.locator(f"#order-{endo_order}")
+        await endo.locator("button.pick-slot").click()
+        await endo.locator("input[name=day]").fill(day.isoformat())
+        morning = endo.locator(f"button.slot-option[data-day='{day}'][data-start^='08']").first
+        await morning.click()
+        blocked = endo.locator(".violations.blocked")
+        await blocked.wait_for()
+        assert "麻醉评估" in (await blocked.text_content() or "")
+        assert await endo.locator("button.override").count() == 0
+        await page.screenshot(path=SHOTS / "desk-rule-blocked.png", full_page=True)
+
+        # A warning the clerk may override: a fasting upper-abdomen ultrasound in the afternoon (R09).
+        us = page.locator(f"#order-{us_order}")
+        await us.locator("button.pick-slot").click()
+        await us.locator("input[name=day]").fill(day.isoformat())
+        afternoon = us.locator(f"button.slot-option[data-day='{day}'][data-start^='15']").first
+        slot_id = int(await afternoon.get_attribute("data-slot") or "0")
+        await afternoon.click()
+        warning = us.locator(".violations.can-override")
+        await warning.wait_for()
+        assert "空腹" in (await warning.text_content() or "")
+        override = us.locator("button.override")
+        assert await override.text_content() == "仍然预约（需填写理由）"
+        await override.click()  # no reason yet: refused on the page
+        assert "请填写越过规则的理由" in (await us.locator(".override-msg").text_content() or "")
+        await us.locator("textarea[name=override_reason]").fill(reason)
+        await page.screenshot(path=SHOTS / "desk-rule-warning.png", full_page=True)
+        await override.click()
+        notice = page.locator("#notice .booked")
+        await notice.wait_for(timeout=20000)
+        assert "已记录越过规则的理由" in (await notice.text_content() or "")
+        assert await page.locator(f"#order-{us_order}").count() == 0  # no longer pending
+        await page.locator("#appt-list li").first.wait_for()
+        await page.screenshot(path=SHOTS / "desk-rule-overridden.png", full_page=True)
+    overrides = await services.pool.fetch(
+        "SELECT rule_id, reason, actor_role FROM rule_override WHERE order_id = $1", us_order
+    )
+    assert [dict(r) for r in overrides] == [
+        {"rule_id": "R09-FASTING-MORNING-FIRST", "reason": reason, "actor_role": "clerk"}
+    ]
+    booked = await services.pool.fetchrow(
+        "SELECT a.slot_id, a.channel, s.day FROM appointment a JOIN slot s ON s.id = a.slot_id"
+        " WHERE a.order_id = $1 AND a.status = 'booked'",
+        us_order,
+    )
+    assert booked is not None and (booked["slot_id"], booked["channel"], booked["day"]) == (slot_id, "desk", day)
+    assert await services.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", endo_order) == "ordered"
+
+
 async def test_an_admin_locks_a_window_with_bookings_and_the_patients_are_moved(
     services: Services, browser: Browser
 ) -> None:
@@ -273,3 +425,58 @@ async def test_an_admin_locks_a_window_with_bookings_and_the_patients_are_moved(
     )
     notices = await services.pool.fetchval("SELECT count(*) FROM outbox WHERE topic = 'patient.notice'")
     assert live_in_slot == 0 and notices == moved
+
+
+async def test_the_call_screen_masks_names_reorders_on_emergency_insertion_and_shows_it_is_reconnecting(
+    services: Services, browser: Browser
+) -> None:
+    from app.booking.service import BookItem
+    from tests.helpers import actor_for
+
+    day = future_day(services, 2)
+    clerk, tech, doctor = [await actor_for(services, u) for u in ("clerk", "tech", "doctor")]
+    admin = await actor_for(services, "admin")
+    slots = [s for s in await open_slots(services, "CT-HEAD", day, limit=400) if s["resource_id"] == "CT1"]
+    made = await new_patients_with_orders(services.pool, 5, ["CT-HEAD"])
+    names = {}
+    booked = []
+    for (pid, (order,)), slot in zip(made, slots, strict=False):
+        (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(order, int(slot["id"]))])
+        await services.orders.apply(clerk, order, "pay", "", "desk")
+        names[pid] = await services.pool.fetchval("SELECT name FROM patient WHERE id = $1", pid)
+        booked.append((pid, order, appt.appointment_id))
+    # The last patient was sent by gynaecology: a sensitive department, number only on screens.
+    await services.pool.execute("UPDATE exam_order SET ordering_department_id = 'OBGYN' WHERE id = $1", booked[-1][1])
+    await services.pool.execute("UPDATE exam_type SET checkin_early_min = 600 WHERE code = 'CT-HEAD'")
+    services.queues.clock = lambda: slots[0]["starts_at"].timestamp() - 1800
+    for _, _, appt_id in booked:
+        await services.queues.check_in(clerk, appt_id, "desk")
+    device = await services.devices.issue(admin, "CT1 候诊区电视", ["queue:CT1"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1920, "height": 1080})
+        await page.goto(f"{base}/callscreen?room=CT1&day={day}#token={device.token}")
+        await page.wait_for_function("document.querySelectorAll('#next li').length === 5", timeout=10000)
+        assert "token" not in page.url  # the fragment is kept by the browser, not left in the address
+        await page.evaluate("window.__notReloaded = true")
+        shown = await page.locator("#next li .cs-n").all_text_contents()
+        assert shown[:4] == ["测***" + n[-1] for n in (names[p] for p, _, _ in booked[:4])]
+        assert shown[4] == ""  # gynaecology: number only
+        content = await page.content()
+        assert not any(full in content for full in names.values())
+
+        await services.queues.act(tech, "CT1", "call", day=day)
+        await page.wait_for_function("document.getElementById('now-ticket').textContent === '0001'", timeout=5000)
+        assert await page.text_content("#now-say") == "请 0001 号 到 CT1室 检查"
+        # Emergency insertion for the last in line: the screen reflows at once, without a reload.
+        last = booked[-1][2]
+        await services.queues.set_priority(doctor, "CT1", last, "emergency", "急诊外伤", day)
+        await page.wait_for_function("document.querySelector('#next li .cs-t').textContent === '0005'", timeout=5000)
+        assert await page.locator("#next li").first.locator(".cs-mark").text_content() == "急诊"
+        assert await page.evaluate("window.__notReloaded === true")
+        await page.screenshot(path=SHOTS / "callscreen.png")
+    # The server is gone: the screen keeps the last queue and says it is reconnecting.
+    await page.wait_for_selector("#offline", state="visible", timeout=10000)
+    assert await page.locator("#next li").count() == 4
+    assert await page.text_content("#now-ticket") == "0001"
+    await page.screenshot(path=SHOTS / "callscreen-reconnecting.png")

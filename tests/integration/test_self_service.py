@@ -83,3 +83,70 @@ async def test_self_service_changes_stop_before_the_exam_the_booking_centre_can_
 
 async def _patient_id(services: Services, mrn: str) -> int:
     return int(await services.pool.fetchval("SELECT id FROM patient WHERE mrn = $1", mrn))
+
+
+async def test_a_patient_reschedules_his_own_appointment_over_http_until_the_change_window(
+    services: Services,
+) -> None:
+    """What /self's 改约 calls: availability on the self channel, then reschedule; inside the
+    change window the refusal comes in Chinese and nothing moves."""
+    from tests.helpers import future_day
+
+    who = PATIENTS[3]
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        r = await c.post("/api/v1/self/identify", json={"id_number": who.id_number, "name": who.name})
+        me = {"authorization": f"Bearer {r.json()['token']}"}
+        pid = r.json()["patient_id"]
+        order = await services.pool.fetchrow(
+            "SELECT id, exam_code FROM exam_order WHERE patient_id = $1 AND status = 'ordered' ORDER BY id LIMIT 1", pid
+        )
+        day, later = future_day(services, 1), future_day(services, 3)
+
+        async def offered(on: object) -> list[dict[str, object]]:
+            q = {"exam": order["exam_code"], "date_from": str(on), "channel": "self", "only_open": "true"}
+            r = await c.get("/api/v1/availability", params=q, headers=me)
+            assert r.status_code == 200, r.text
+            return [s for s in r.json()["slots"] if s["available"] > 0]
+
+        first = (await offered(day))[0]
+        r = await c.post(
+            "/api/v1/appointments",
+            json={
+                "patient_id": pid,
+                "channel": "self",
+                "items": [{"order_id": order["id"], "slot_id": first["slot_id"]}],
+            },
+            headers=me,
+        )
+        assert r.status_code == 201, r.text
+        appt = r.json()["appointments"][0]["appointment_id"]
+        target = (await offered(later))[0]
+        body = {"slot_id": target["slot_id"], "channel": "self", "reason": "患者自助改约"}
+        r = await c.post(f"/api/v1/appointments/{appt}/reschedule", json=body, headers=me)
+        assert r.status_code == 200, r.text
+        moved = r.json()["appointment"]
+        assert r.json()["previous_appointment_id"] == appt and moved["slot_id"] == target["slot_id"]
+        mine = (await c.get(f"/api/v1/patients/{pid}/appointments", headers=me)).json()["appointments"]
+        now = next(a for a in mine if a["id"] == moved["appointment_id"])
+        assert now["status"] == "booked" and now["prep_text"]  # the page shows the preparation from here
+        assert next(a for a in mine if a["id"] == appt)["status"] == "rescheduled"
+
+        # Someone else's appointment is out of reach.
+        other = await services.pool.fetchval(
+            "SELECT id FROM appointment WHERE patient_id <> $1 AND status = 'booked' LIMIT 1", pid
+        )
+        if other is not None:
+            r = await c.post(f"/api/v1/appointments/{other}/reschedule", json=body, headers=me)
+            assert r.status_code == 403
+
+        services.booking.self_change_cutoff_s = 30 * 86400.0
+        try:
+            back = {"slot_id": first["slot_id"], "channel": "self", "reason": "患者自助改约"}
+            r = await c.post(f"/api/v1/appointments/{moved['appointment_id']}/reschedule", json=back, headers=me)
+        finally:
+            services.booking.self_change_cutoff_s = 7200.0
+        assert r.status_code == 422 and "不能自助取消或改约" in r.json()["title"], r.text
+    still = await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", moved["appointment_id"])
+    assert still == "booked"
