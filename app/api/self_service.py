@@ -29,6 +29,9 @@ class IdentifyReply(msgspec.Struct):
     expires_at: datetime
     patient_id: int
     name: str  # masked
+    # Self-service booking suspended for no-shows (app/orders/credit.py): until when, and where to go.
+    suspended_until: datetime | None = None
+    suspended_message: str = ""
 
 
 async def identify(call: Call) -> IdentifyReply:
@@ -45,7 +48,16 @@ async def identify(call: Call) -> IdentifyReply:
         s.settings.booking.hospital_id, who.patient_id, who.name, b.terminal, client_ip(call.request), SELF_SESSION_S
     )
     await patient_repo.audit(s.pool, result.actor, "identify", "patient", str(who.patient_id), who.patient_id)
-    return IdentifyReply(result.token, result.expires_at, who.patient_id, mask_name(who.name))
+    suspension = await s.credit.suspension(who.patient_id)
+    suspended = suspension is not None and "self" in suspension["channels"]
+    return IdentifyReply(
+        result.token,
+        result.expires_at,
+        who.patient_id,
+        mask_name(who.name),
+        suspension["ends_at"] if suspended and suspension else None,
+        s.credit.message(suspension["ends_at"]) if suspended and suspension else "",
+    )
 
 
 routes = [

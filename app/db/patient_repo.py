@@ -33,8 +33,9 @@ async def appointments_of(conn: asyncpg.Connection | asyncpg.Pool, patient_id: i
         return await conn.fetch(
             """SELECT a.id, a.order_id, a.slot_id, a.exam_code, e.name AS exam_name, a.resource_id,
                       r.name AS resource_name, r.location, a.starts_at, a.ends_at, a.channel, a.pool, a.status,
-                      a.booked_at, e.prep_text
+                      a.booked_at, e.prep_text, o.status AS order_status, a.day
                  FROM appointment a JOIN exam_type e ON e.code = a.exam_code JOIN resource r ON r.id = a.resource_id
+                 JOIN exam_order o ON o.id = a.order_id
                 WHERE a.patient_id = $1 ORDER BY a.starts_at, a.id""",
             patient_id,
         )

@@ -76,15 +76,17 @@
 
   const roomId = param('room');
   if (!roomId) { onState('地址缺少 ?room= 检查室'); return; }
-  if (!device && !sessionStorage.getItem('hy_token')) { onState('本设备未授权：请管理员签发设备令牌'); return; }
   tick();
   setInterval(tick, 10000);
   const day = param('day');
-  live('/ws/queue?room=' + encodeURIComponent(roomId) + (day ? '&day=' + day : ''), (frame) => {
+  // A TV has a device token; staff may also open the screen with their own login.
+  if (device) start(); else HY.requireLogin(() => start());
+
+  function start() { live('/ws/queue?room=' + encodeURIComponent(roomId) + (day ? '&day=' + day : ''), (frame) => {
     if (frame.type === 'snapshot') {
       room = frame.room;
       $('#room').textContent = room.call_name + ' 候检叫号' + (room.location ? ' · ' + room.location.split(' ')[0] : '');
     }
     render(frame.state || {});
-  }, onState, { onUnauthorized: () => onState('设备令牌无效或已吊销') });
+  }, onState, { onUnauthorized: () => onState('设备令牌无效或已吊销') }); }
 })();

@@ -31,6 +31,9 @@
     f.reset();
     $('#who').textContent = me.name;
     $('#identify').hidden = true;
+    // Suspended for no-shows: told at once, and where to go; the booking buttons stay away.
+    $('#suspended').hidden = !me.suspended_message;
+    $('#suspended-msg').textContent = me.suspended_message || '';
     await loadClock();
     refresh();
   };
@@ -40,7 +43,7 @@
       call('GET', `/api/v1/patients/${me.patient_id}/orders`), call('GET', `/api/v1/patients/${me.patient_id}/appointments`)]);
     const pending = (orders.body.orders || orders.body || []).filter((o) => o.status === 'ordered' || o.status === 'no_show');
     $('#order-list').replaceChildren(...pending.map((o) => el('li', {}, o.exam_name)));
-    $('#orders').hidden = !pending.length;
+    $('#orders').hidden = !pending.length || !!me.suspended_message;
     const live = (appts.body.appointments || appts.body || []).filter((a) => a.status === 'booked');
     $('#mine-list').replaceChildren(...live.map((a) => {
       const cancel = el('button', { className: 'secondary cancel', type: 'button' }, '取消');
@@ -55,9 +58,24 @@
         picker.hidden = !picker.hidden;
         if (!picker.hidden) reschedulePicker(a, picker);
       };
+      const actions = [move, cancel];
+      if (a.day === HY.today() && (a.order_status === 'booked' || a.order_status === 'paid')) {
+        // On the day: check in here (the kiosk), instead of at the department's desk.
+        const checkIn = el('button', { className: 'primary checkin', type: 'button' }, '签到');
+        checkIn.onclick = async () => {
+          const r = await call('POST', '/api/v1/checkin', { appointment_id: a.id });
+          $('#checked-in').hidden = !r.ok;
+          if (!r.ok) { checkIn.textContent = r.body.title || '签到失败'; return; }
+          $('#checked-in-msg').textContent = r.body.message + (r.body.expected_at ? '，预计 ' + r.body.expected_at + ' 检查' : '');
+          refresh();
+        };
+        actions.unshift(checkIn);
+      } else if (a.order_status === 'checked_in') {
+        actions.splice(0, actions.length, el('span', { className: 'ok' }, '已签到'));
+      }
       return el('li', { className: 'appt', id: 'appt-' + a.id },
         el('span', { className: 'what' }, when(a.starts_at) + ' ' + a.exam_name + ' · ' + a.resource_name),
-        el('span', { className: 'actions' }, move, cancel), picker);
+        el('span', { className: 'actions' }, ...actions), picker);
     }));
     $('#mine').hidden = !live.length;
     return live;

@@ -480,3 +480,45 @@ async def test_the_call_screen_masks_names_reorders_on_emergency_insertion_and_s
     assert await page.locator("#next li").count() == 4
     assert await page.text_content("#now-ticket") == "0001"
     await page.screenshot(path=SHOTS / "callscreen-reconnecting.png")
+
+
+async def test_a_technician_checks_a_patient_in_by_barcode_and_calls_him_from_the_console(
+    services: Services, browser: Browser
+) -> None:
+    from app.booking.service import BookItem
+    from tests.helpers import actor_for
+
+    clerk = await actor_for(services, "clerk")
+    # The console shows the room's queue of the hospital's today: the queue's clock is set to ten
+    # minutes before the booked slot.
+    slots = [
+        s
+        for s in await open_slots(services, "CT-HEAD", future_day(services, 1), limit=400)
+        if s["resource_id"] == "CT1"
+    ]
+    slot = slots[0]
+    day = slot["day"]
+    (pid, (order,)), *_ = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(order, int(slot["id"]))])
+    await services.orders.apply(clerk, order, "pay", "", "desk")
+    services.queues.clock = lambda: slot["starts_at"].timestamp() - 600
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1400, "height": 900})
+        await page.goto(f"{base}/console?room=CT1")
+        await login(page, "tech")
+        await page.wait_for_selector("#state.live", timeout=10000)
+        await page.fill("#checkin input[name=barcode]", appointment_number(appt.appointment_id))
+        await page.click("#checkin button[type=submit]")
+        await page.wait_for_function("document.getElementById('msg').textContent.includes('签到成功')", timeout=5000)
+        assert day == services.queues.today()
+        await page.wait_for_function("document.querySelectorAll('#waiting tr').length === 1", timeout=5000)
+        await page.click("#call")
+        await page.wait_for_function("document.querySelectorAll('#calling tr').length === 1", timeout=5000)
+        assert "请 0001 号 到 CT1室 检查" in (await page.text_content("#msg") or "")
+        await page.screenshot(path=SHOTS / "console.png", full_page=True)
+    assert await services.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", order) == "checked_in"
+    assert (
+        await services.pool.fetchval("SELECT state FROM queue_entry WHERE appointment_id = $1", appt.appointment_id)
+        == "called"
+    )

@@ -150,3 +150,41 @@ async def test_a_patient_reschedules_his_own_appointment_over_http_until_the_cha
         assert r.status_code == 422 and "不能自助取消或改约" in r.json()["title"], r.text
     still = await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", moved["appointment_id"])
     assert still == "booked"
+
+
+async def test_a_patient_suspended_for_no_shows_is_told_at_the_kiosk_and_refused_with_where_to_go(
+    services: Services,
+) -> None:
+    from tests.helpers import future_day, open_slots
+
+    who = PATIENTS[4]
+    pid = await services.pool.fetchval("SELECT id FROM patient WHERE mrn = $1", who.mrn)
+    # What the no-show sweep writes on the third no-show (tests/integration/test_no_show.py runs the sweep).
+    await services.pool.execute(
+        """INSERT INTO patient_suspension (patient_id, channels, starts_at, ends_at, reason)
+           VALUES ($1, '{self}', now(), now() + interval '90 days', '90天内爽约3次')""",
+        pid,
+    )
+    order = await services.pool.fetchval(
+        """INSERT INTO exam_order (order_no, hospital_id, patient_id, exam_code, ordering_department_id,
+                                   ordering_doctor, patient_class)
+           VALUES ('SUSP-' || $1::bigint, 'h1', $1, 'DX-CHEST', 'GI', '测试医生', 'outpatient') RETURNING id""",
+        pid,
+    )
+    slot = (await open_slots(services, "DX-CHEST", future_day(services, 3)))[0]
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        r = await c.post("/api/v1/self/identify", json={"id_number": who.id_number, "name": who.name})
+        body = r.json()
+        assert r.status_code == 200 and body["suspended_until"] is not None
+        assert "暂停" in body["suspended_message"] and "预约中心" in body["suspended_message"]
+        me = {"authorization": f"Bearer {body['token']}"}
+        r = await c.post(
+            "/api/v1/appointments",
+            json={"patient_id": pid, "channel": "self", "items": [{"order_id": order, "slot_id": slot["id"]}]},
+            headers=me,
+        )
+        assert r.status_code == 403 and r.json()["code"] == "patient_suspended"
+        assert "预约中心" in r.json()["title"] and r.json()["until"]
+    assert await services.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", order) == "ordered"
