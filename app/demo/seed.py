@@ -89,9 +89,20 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
         )
         await conn.copy_records_to_table(
             "resource",
-            columns=("id", "hospital_id", "department_id", "campus_id", "kind", "modality", "name", "location"),
+            columns=(
+                "id",
+                "hospital_id",
+                "department_id",
+                "campus_id",
+                "kind",
+                "modality",
+                "name",
+                "location",
+                "ae_title",
+            ),
+            # Each modality's DICOM AE title (its worklist station) is its id in the demo hospital.
             records=[
-                (r.id, hid, r.department_id, r.campus_id, r.kind, r.modality, r.name, r.location)
+                (r.id, hid, r.department_id, r.campus_id, r.kind, r.modality, r.name, r.location, r.id)
                 for r in data.RESOURCES
             ],
         )
