@@ -57,6 +57,8 @@ def test_public_routes_are_only_the_expected_ones() -> None:
         "/self",
         "/desk",
         "/pool",
+        "/console",
+        "/callscreen",
         "/static/vendor/plotly.min.js",
         "/static/{name}",
     }
