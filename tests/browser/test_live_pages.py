@@ -514,8 +514,9 @@ async def test_a_technician_checks_a_patient_in_by_barcode_and_calls_him_from_th
         assert day == services.queues.today()
         await page.wait_for_function("document.querySelectorAll('#waiting tr').length === 1", timeout=5000)
         await page.click("#call")
-        await page.wait_for_function("document.querySelectorAll('#calling tr').length === 1", timeout=5000)
+        await page.wait_for_function("document.getElementById('msg').textContent.startsWith('已呼叫')", timeout=5000)
         assert "请 0001 号 到 CT1室 检查" in (await page.text_content("#msg") or "")
+        await page.wait_for_function("document.querySelectorAll('#calling tr').length === 1", timeout=5000)
         await page.screenshot(path=SHOTS / "console.png", full_page=True)
     assert await services.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", order) == "checked_in"
     assert (
