@@ -1,4 +1,4 @@
-"""Command line: python -m app serve | migrate | seed-demo | generate-slots | reconcile | reap | worker
+"""Command line: python -m app serve | migrate | seed-demo | generate-slots | reconcile | reap | worker | hl7 | dicom
 
 With no DATABASE_URL / REDIS_URL every command starts the embedded servers first and stops them
 when it ends.
@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from datetime import date
 
+import msgspec
 import uvicorn
 
 from app.db.pool import connect
@@ -231,6 +232,60 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hl7(settings: Settings, args: argparse.Namespace) -> int:
+    """The HL7 v2 inbound listener (orders, patients) as its own process."""
+    from app.integrations.hl7.inbound import Hl7Inbound, run_listener
+    from app.services import Services
+
+    hl7 = settings.hl7_inbound
+
+    async def main(urls: Urls) -> None:
+        services = await Services.open(settings, urls.database, urls.redis)
+        try:
+            inbound = Hl7Inbound(
+                services.pool,
+                services.booking,
+                hospital_id=settings.booking.hospital_id,
+                timezone=settings.booking.timezone,
+                application=hl7.application,
+                default_codec=hl7.default_codec,
+                default_department=hl7.default_department or None,
+            )
+            host, port = args.host or hl7.host, args.port or hl7.port
+            print(f"汇约 HuiYue HL7 listening on {host}:{port}", flush=True)
+            await run_listener(inbound, host, port, asyncio.Event(), idle_s=hl7.idle_s)
+        finally:
+            await services.close()
+
+    _exit_on_sigterm()
+    with server_urls(settings) as urls, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(urls))
+    return 0
+
+
+def cmd_dicom(settings: Settings, args: argparse.Namespace) -> int:
+    """The DICOM Modality Worklist / MPPS SCP as its own process (docs/dicom.md)."""
+    from app.integrations.dicom.scp import run_dicom
+    from app.services import Services
+
+    dicom = msgspec.structs.replace(
+        settings.dicom, host=args.host or settings.dicom.host, port=args.port or settings.dicom.port
+    )
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+
+    async def main(urls: Urls) -> None:
+        services = await Services.open(settings, urls.database, urls.redis)
+        try:
+            await run_dicom(services, dicom, asyncio.Event())
+        finally:
+            await services.close()
+
+    _exit_on_sigterm()
+    with server_urls(settings) as urls, contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main(urls))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app", description="汇约 HuiYue exam booking platform")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -246,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("reconcile", help="rebuild the Redis availability index from PostgreSQL")
     sub.add_parser("reap", help="one sweep of expired holds")
     sub.add_parser("worker", help="run the background roles (reaper, index repair)")
+    hl7p = sub.add_parser("hl7", help="run the HL7 v2 inbound MLLP listener (orders, ADT)")
+    hl7p.add_argument("--host")
+    hl7p.add_argument("--port", type=int)
+    dicom = sub.add_parser("dicom", help="run the DICOM Modality Worklist and MPPS SCP")
+    dicom.add_argument("--host")
+    dicom.add_argument("--port", type=int)
     args = parser.parse_args(argv)
     settings = load_settings()
     logging.basicConfig(
@@ -260,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
         "reconcile": cmd_reconcile,
         "reap": cmd_reap,
         "worker": cmd_worker,
+        "hl7": cmd_hl7,
+        "dicom": cmd_dicom,
     }
     return commands[args.command](settings, args)
 

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from app.booking.quota_release import release_due
 from app.booking.reaper import reap_expired
 from app.errors import AppError
+from app.integrations.outbound.relay import run_outbound
 from app.notify.worker import run_notifications
 from app.services import Services
 
@@ -45,6 +46,8 @@ async def run_background(services: Services, stop: asyncio.Event) -> None:
             stop,
         )
     )
+    # HL7 SIU to the configured peers and signed webhooks, from the outbox: a task of its own too.
+    outbound = asyncio.create_task(run_outbound(services.pool, services.settings.outbound, stop))
     interval = services.settings.booking.reaper_interval_s
     try:
         while not stop.is_set():
@@ -57,6 +60,7 @@ async def run_background(services: Services, stop: asyncio.Event) -> None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
-        notices.cancel()  # a round cut short rolls back; its messages go again with the same ids
-        with contextlib.suppress(asyncio.CancelledError):
-            await notices
+        for task in (notices, outbound):
+            task.cancel()  # a round cut short rolls back; its messages go again with the same ids
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

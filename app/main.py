@@ -24,6 +24,7 @@ from app.api import (
     clinic,
     closed_loop,
     devices,
+    fhir,
     health,
     live,
     pages,
@@ -33,6 +34,7 @@ from app.api import (
     self_service,
     slips,
     ward,
+    webhooks,
 )
 from app.api.openapi import build_openapi
 from app.api.problem import app_error_handler, client_gone_handler, http_error_handler, unexpected_error_handler
@@ -71,6 +73,8 @@ def build_routes() -> list[BaseRoute]:
         ward,
         self_service,
         closed_loop,
+        webhooks,
+        fhir,
     ]
     for module in modules:
         routes += module.routes

@@ -17,6 +17,7 @@ from app.booking.service import BookingService
 from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
 from app.db.pool import create_pool
+from app.integrations.webhooks import WebhookRegistry
 from app.notify.factory import build_sender
 from app.orders.credit import CreditService
 from app.orders.service import OrderService
@@ -102,6 +103,7 @@ class Services:
             pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
         )
         self.devices = DeviceRegistry(pool, b.hospital_id)
+        self.webhooks = WebhookRegistry(pool, b.hospital_id)
         self.identity: IdentityAdapter = DemoHisAdapter(pool)  # the hospital's HIS / insurance look-up
         self.live = Live(
             redis,

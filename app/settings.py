@@ -12,6 +12,9 @@ from pathlib import Path
 
 import msgspec
 
+from app.integrations.dicom.settings import DicomSettings, dicom_settings
+from app.integrations.hl7.inbound_settings import Hl7InboundSettings, hl7_inbound_settings
+from app.integrations.outbound.settings import OutboundSettings, outbound_settings
 from app.notify.settings import NotifySettings, notify_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +76,9 @@ class Settings(msgspec.Struct, frozen=True):
     data_dir: Path
     environment: str = "development"
     notify: NotifySettings = msgspec.field(default_factory=NotifySettings)
+    hl7_inbound: Hl7InboundSettings = msgspec.field(default_factory=Hl7InboundSettings)
+    dicom: DicomSettings = msgspec.field(default_factory=DicomSettings)
+    outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
 
     @property
     def embedded(self) -> bool:
@@ -124,4 +130,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
         environment=env.get("HY_ENV", "development"),
         notify=notify_settings(env),
+        hl7_inbound=hl7_inbound_settings(env),
+        dicom=dicom_settings(env),
+        outbound=outbound_settings(env),
     )

@@ -47,7 +47,7 @@ class TemplatesQuery(msgspec.Struct, forbid_unknown_fields=True):
 
 
 class TemplateBody(msgspec.Struct, forbid_unknown_fields=True):
-    capacity: Annotated[int, msgspec.Meta(ge=0, le=100)]
+    capacity: Annotated[int, msgspec.Meta(ge=1, le=100)]  # a window with no place: set active false
     quotas: dict[Annotated[str, msgspec.Meta(max_length=16)], Annotated[int, msgspec.Meta(ge=0, le=100)]]
     active: bool = True
 

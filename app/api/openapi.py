@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from starlette.routing import BaseRoute
 
-from app.api.routing import PUBLIC, RouteSpec, route_spec
+from app.api.routing import MAX_ID, PUBLIC, RouteSpec, route_spec
 
 _PARAM = re.compile(r"\{(\w+)(?::(\w+))?\}")
 
@@ -41,7 +41,11 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
                 "name": m.group(1),
                 "in": "path",
                 "required": True,
-                "schema": {"type": "integer" if m.group(2) == "int" else "string"},
+                "schema": (
+                    {"type": "integer", "format": "int64", "minimum": 1, "maximum": MAX_ID}
+                    if m.group(2) == "int"
+                    else {"type": "string"}
+                ),
             }
             for m in _PARAM.finditer(s.path)
         ]

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, ValidationFailed
+from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from app.security.actor import ROLES, Actor
 from app.security.devices import DEVICE_PREFIX
 from app.services import Services
@@ -39,6 +39,7 @@ PUBLIC = "public"
 ANY_ROLE = frozenset(ROLES)
 STAFF = frozenset({"doctor", "nurse", "clerk", "technician", "dept_admin", "dept_head", "sys_admin"})
 MAX_BODY_BYTES = 64 * 1024
+MAX_ID = 2**63 - 1  # PostgreSQL bigint
 
 
 class RouteSpec(msgspec.Struct, frozen=True):
@@ -51,7 +52,7 @@ class RouteSpec(msgspec.Struct, frozen=True):
     query: Any = None
     response: Any = None
     status: int = 200
-    kind: str = "api"  # "page" for HTML pages, "ws" for WebSockets; both left out of the OpenAPI document
+    kind: str = "api"  # "page" (HTML), "ws" (WebSockets), "fhir" (its CapabilityStatement): not in the OpenAPI
 
 
 class Call(msgspec.Struct):
@@ -69,7 +70,11 @@ class Call(msgspec.Struct):
         return self.actor
 
     def path_int(self, name: str) -> int:
-        return int(self.request.path_params[name])
+        """An id from the path; one no record can have (beyond PostgreSQL's bigint) is not found."""
+        value = int(self.request.path_params[name])
+        if not 0 < value <= MAX_ID:
+            raise NotFound(detail=f"{name} {value} out of range")
+        return value
 
 
 Handler = Callable[[Call], Awaitable[Any]]

@@ -32,6 +32,7 @@ from app.errors import (
     AppError,
     DatabaseUnavailable,
     Forbidden,
+    HoldExpired,
     NotFound,
     OrderNotBookable,
     PatientChanged,
@@ -92,6 +93,22 @@ class BookedAppointment(msgspec.Struct, frozen=True):
     starts_at: datetime
     ends_at: datetime
     pool: str
+
+
+class HeldPlace(msgspec.Struct, frozen=True):
+    """A place taken as a hold by `BookingService.hold`, waiting for `book_hold` (or its expiry)."""
+
+    hold_id: str
+    day: date
+    patient_id: int
+    order_id: int
+    slot_id: int
+    exam_code: str
+    channel: str
+    pool: str  # "open" or the channel whose reserved quota it took
+    starts_at: int  # epoch s
+    ends_at: int
+    expires_ms: int
 
 
 class _Checked(msgspec.Struct, frozen=True):
@@ -409,6 +426,138 @@ class BookingService:
             starts_at=row["starts_at"],
             ends_at=row["ends_at"],
             pool=pool_name(result.pools[0]),
+        )
+
+    # -- hold, then book (the FHIR $hold / $book operations) -----------------------------------
+
+    async def hold(
+        self, actor: Actor, patient_id: int, channel: str, item: BookItem, ttl_s: int | None = None
+    ) -> HeldPlace:
+        """Take one place as a hold through the same grab as `book`, after the same checks (channel,
+        patient, credit, the Redis gate, order and slot, the medical rules), and leave it held for
+        `ttl_s` seconds (the service's hold TTL by default). `book_hold` commits it; otherwise it
+        expires and the reaper, finding no booking behind it in PostgreSQL, releases it."""
+        check_channel(actor, channel)
+        check_patient_access(actor, patient_id)
+        _check_shape([item])
+        ttl = self.hold_ttl_s if ttl_s is None else ttl_s
+        if ttl <= self.commit_margin_s:
+            raise ValidationFailed("号源保留时间过短", detail=f"hold ttl {ttl}s not above the commit margin")
+        if self.credit is not None:
+            await self.credit.check(patient_id, channel)
+        now = self.clock()
+        await self._gate(channel, [item.slot_id], now)
+        (checked,) = await self._check_items(patient_id, [item])
+        await self.rules.check(actor, patient_id, [checked.proposed])
+        hold_id = uuid.uuid4().hex
+        expires_ms = int((now + ttl) * 1000)
+        result = await self.store.grab(
+            checked.day,
+            hold_id,
+            patient_id,
+            channel,
+            [GrabItem(item.slot_id, checked.exam_code, item.order_id)],
+            int(now * 1000),
+            expires_ms,
+        )
+        if not result.ok:
+            raise _reason_error(result.reasons, [item.slot_id])
+        await self._publish("held", [(checked.day, item.slot_id)])
+        return HeldPlace(
+            hold_id=hold_id,
+            day=checked.day,
+            patient_id=patient_id,
+            order_id=item.order_id,
+            slot_id=item.slot_id,
+            exam_code=checked.exam_code,
+            channel=channel,
+            pool=pool_name(result.pools[0]),
+            starts_at=checked.proposed.starts_at,
+            ends_at=checked.proposed.ends_at,
+            expires_ms=expires_ms,
+        )
+
+    async def read_held(self, day: date, hold_id: str) -> HeldPlace | None:
+        """A live single-place hold as Redis records it, or None (expired, released or confirmed)."""
+        record = await self.store.read_hold(day, hold_id)
+        if record is None or len(record.items) != 1:
+            return None
+        slot_id, field = record.items[0]
+        entry = (await self.store.patient_entries(day, record.patient_id)).get(slot_id, "")
+        parts = entry.split("|")
+        # "start|end|exam|hold_id|state|order_id" (grab.lua)
+        if len(parts) < 6 or parts[3] != hold_id or parts[4] != "h":
+            return None
+        return HeldPlace(
+            hold_id=hold_id,
+            day=day,
+            patient_id=record.patient_id,
+            order_id=int(parts[5]),
+            slot_id=slot_id,
+            exam_code=parts[2],
+            channel=record.channel,
+            pool=pool_name(field),
+            starts_at=int(parts[0]),
+            ends_at=int(parts[1]),
+            expires_ms=record.expires_ms,
+        )
+
+    async def book_hold(self, actor: Actor, day: date, hold_id: str, reason: str = "") -> BookedAppointment:
+        """Commit a hold taken by `hold`: the rules checked again, then `hy_book` under the hold's
+        own id and deadline (its expiry less the commit margin), then confirm. A hold already
+        committed is refused (never booked twice); a refused commit releases the hold unless
+        PostgreSQL holds a booking under it (a concurrent `book_hold` of the same hold won)."""
+        held = await self.read_held(day, hold_id)
+        if held is None:
+            if await booking_repo.hold_committed(self.pool, hold_id):
+                raise OrderNotBookable("该号源保留已确认为预约，请勿重复提交", detail=f"hold {hold_id} already booked")
+            raise HoldExpired(detail=f"hold {hold_id} not found")
+        check_channel(actor, held.channel)
+        check_patient_access(actor, held.patient_id)
+        deadline_s = held.expires_ms / 1000 - self.commit_margin_s
+        if self.clock() >= deadline_s:
+            # Past its commit deadline PostgreSQL would refuse it anyway; the reaper frees it.
+            raise HoldExpired(detail=f"hold {hold_id} past its commit deadline")
+        item = BookItem(held.order_id, held.slot_id)
+        payload = [{"order_id": held.order_id, "slot_id": held.slot_id, "pool": held.pool, "hold_id": hold_id}]
+        deadline = datetime.fromtimestamp(deadline_s, UTC)
+
+        async def attempt() -> list[asyncpg.Record]:
+            (checked,) = await self._check_items(held.patient_id, [item])
+            outcome = await self.rules.check(actor, held.patient_id, [checked.proposed])
+            return await booking_repo.book(
+                self.pool,
+                hold_id=hold_id,
+                patient_id=held.patient_id,
+                channel=held.channel,
+                items=payload,
+                deadline=deadline,
+                actor=actor,
+                reason=reason,
+                version=outcome.version,
+                overrides=outcome.overrides,
+            )
+
+        try:
+            rows = await _until_patient_settles(attempt)
+        except DatabaseUnavailable:
+            raise  # the commit may have happened: the reaper decides once PostgreSQL answers
+        except AppError:
+            if not await booking_repo.hold_committed(self.pool, hold_id):
+                await self._release_all(held.patient_id, [(day, hold_id, [])], slot_ids={hold_id: [held.slot_id]})
+            raise
+        await self._confirm(day, hold_id, held.patient_id)
+        await self._publish("booked", [(day, held.slot_id)])
+        r = rows[0]
+        return BookedAppointment(
+            appointment_id=r["appointment_id"],
+            order_id=r["order_id"],
+            slot_id=r["slot_id"],
+            exam_code=r["exam_code"],
+            resource_id=r["resource_id"],
+            starts_at=r["starts_at"],
+            ends_at=r["ends_at"],
+            pool=held.pool,
         )
 
     # -- helpers -----------------------------------------------------------------------------

@@ -115,7 +115,9 @@ async def add_facts(
 ) -> None:
     async with database_errors():
         await conn.executemany(
-            "INSERT INTO patient_fact (patient_id, fact, value, source, recorded_by) VALUES ($1, $2, $3, $4, $5)",
+            # A null value records the fact as unknown again (the latest record of a fact counts).
+            """INSERT INTO patient_fact (patient_id, fact, value, source, recorded_by)
+               VALUES ($1, $2, COALESCE($3, 'null'::jsonb), $4, $5)""",
             [(patient_id, name, value, source, actor_id) for name, value in sorted(facts.items())],
         )
 

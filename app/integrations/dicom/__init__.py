@@ -1,0 +1,1 @@
+"""DICOM interfaces: the Modality Worklist SCP and MPPS (see docs/dicom.md)."""
