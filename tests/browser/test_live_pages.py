@@ -4,6 +4,7 @@ data and move when bookings arrive. Screenshots go to tests/artifacts/screenshot
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -16,6 +17,7 @@ from app.demo.data import PATIENTS
 from app.services import Services
 from app.slips.render import appointment_number
 from tests.helpers import future_day, lock_every_room_of, new_patients_with_orders, open_slots
+from tests.integration.test_slips import decode_pages
 from tests.live_server import book_through_api, serve_app
 
 CHROMIUM = "/usr/bin/chromium"
@@ -123,6 +125,33 @@ async def test_the_clinic_page_tells_the_doctor_to_send_the_patient_to_the_booki
         await page.screenshot(path=SHOTS / "clinic-go-to-centre.png", full_page=True)
 
 
+async def test_the_doctor_books_todays_exams_in_one_click_from_the_clinic_page(
+    services: Services, browser: Browser
+) -> None:
+    from datetime import time as clock
+
+    # "Today" is a working day two days ahead, at 07:00 (the hospital's clock is the reconciler's;
+    # the real clock only has to find those slots still ahead, which they are).
+    visit = future_day(services, 2)
+    services.reconciler.now = lambda: datetime.combine(visit, clock(7, 0), services.reconciler.tz)
+    (pid, orders), *_ = await new_patients_with_orders(services.pool, 1, ["ECG-REST", "DX-CHEST"])
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    async with serve_app(services) as base:
+        page = await browser.new_page(viewport={"width": 1280, "height": 800})
+        await page.goto(f"{base}/clinic?patient_id={pid}&orders={','.join(map(str, orders))}")
+        await login(page, "doctor")
+        await page.locator("#same-day").wait_for(timeout=20000)
+        assert await page.locator("#same-day table.plan tbody tr").count() == 2
+        await page.click("#book")
+        await page.wait_for_selector("#book-result.ok", timeout=20000)
+        assert "预约成功，共 2 项" in (await page.text_content("#book-result") or "")
+        await page.screenshot(path=SHOTS / "clinic-booked-today.png", full_page=True)
+    rows = await services.pool.fetch(
+        "SELECT day, channel FROM appointment WHERE order_id = ANY($1::bigint[]) AND status = 'booked'", orders
+    )
+    assert [(r["day"], r["channel"]) for r in rows] == [(visit, "clinic")] * 2
+
+
 async def test_the_printable_slips_page_shows_each_appointment_with_its_barcode(
     services: Services, browser: Browser
 ) -> None:
@@ -172,6 +201,19 @@ async def test_a_nurse_batch_books_five_inpatients_and_opens_their_slips(service
         await login(slips, "nurse")
         await slips.locator("section.slip").nth(len(ids) - 1).wait_for()
         assert await slips.locator("section.slip svg").count() == len(ids)
+        # The PDF, downloaded as the nurse does: it opens, and each page's barcode reads back as
+        # the number of one of the booked appointments.
+        async with slips.expect_download() as download_info:
+            await slips.click("#pdf")
+        download = await download_info.value
+        assert download.suggested_filename == "slips.pdf"
+        pdf = await asyncio.to_thread(Path(await download.path()).read_bytes)
+        pages = decode_pages(pdf)
+        assert len(pages) == len(ids)
+        assert sorted(code for page_codes in pages for code in page_codes) == sorted(
+            appointment_number(int(i)) for i in ids
+        )
+        await slips.screenshot(path=SHOTS / "ward-slips.png", full_page=True)
 
 
 PHONE = {"width": 390, "height": 844}
