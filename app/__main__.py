@@ -107,6 +107,9 @@ async def _with_services(settings: Settings, urls: Urls, what: str, **kw: object
         await services.close()
 
 
+DEMO_RIS_PORT = 2576
+
+
 def _print_accounts() -> None:
     from app.demo.data import DEMO_PASSWORD
     from app.demo.seed import demo_accounts
@@ -143,6 +146,18 @@ def _exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _with_demo_peer(settings: Settings) -> Settings:
+    """The demo hospital's HL7 peer (a stand-in RIS, app/demo/peers.py) when the hospital names
+    none of its own: SIU messages then flow from the first booking."""
+    if settings.outbound.peers:
+        return settings
+    from app.demo.peers import demo_peer, start_demo_ris
+
+    start_demo_ris(DEMO_RIS_PORT)
+    outbound = msgspec.structs.replace(settings.outbound, peers=(demo_peer(DEMO_RIS_PORT),))
+    return msgspec.structs.replace(settings, outbound=outbound)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.main import create_app
 
@@ -151,6 +166,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         prepare(settings, urls, demo=not args.no_demo)
         if not args.no_demo:
             _print_accounts()
+            settings = _with_demo_peer(settings)
         workers = args.workers or settings.server.workers
         host, port = args.host or settings.server.host, args.port or settings.server.port
         print(f"汇约 HuiYue listening on http://{host}:{port}/", flush=True)
