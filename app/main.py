@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute
 from app.api import (
     admin,
     appointments,
+    audit,
     auth,
     catalogue,
     clinic,
@@ -75,6 +76,7 @@ def build_routes() -> list[BaseRoute]:
         closed_loop,
         webhooks,
         fhir,
+        audit,
     ]
     for module in modules:
         routes += module.routes

@@ -15,7 +15,7 @@ import msgspec
 from app.security.idcard import checksum_char
 
 HOSPITAL_ID = "h1"
-DEMO_PASSWORD = "Huiyue@2026"  # noqa: S105 - the published demo password, printed at start-up
+DEMO_PASSWORD = "Huiyue@2026"  # noqa: S105  # nosec B105 - the published demo password, printed at start-up
 _SEED = 2026
 
 
@@ -832,6 +832,7 @@ STAFF_ACCOUNTS: tuple[StaffAccount, ...] = (
     StaffAccount("deptadmin", "dept_admin", "周科室管理员", "RAD"),
     StaffAccount("depthead", "dept_head", "吴主任", "RAD"),
     StaffAccount("admin", "sys_admin", "系统管理员"),
+    StaffAccount("auditor", "auditor", "钱审计员"),
     StaffAccount("patient", "patient", PATIENTS[0].name, patient_mrn=DEMO_PATIENT_MRN),
     StaffAccount("display", "display", "放射科候诊屏", "RAD"),
 )

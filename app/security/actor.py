@@ -27,5 +27,27 @@ class Actor(msgspec.Struct, frozen=True):
 
 SYSTEM = Actor(user_id=None, username="system", roles=frozenset({"system"}))
 
-ROLES = ("doctor", "nurse", "clerk", "technician", "dept_admin", "dept_head", "sys_admin", "patient", "display")
-ROLE_ORDER = ("sys_admin", "dept_admin", "dept_head", "clerk", "doctor", "nurse", "technician", "patient", "display")
+ROLES = (
+    "doctor",
+    "nurse",
+    "clerk",
+    "technician",
+    "dept_admin",
+    "dept_head",
+    "sys_admin",
+    "auditor",
+    "patient",
+    "display",
+)
+ROLE_ORDER = (
+    "sys_admin",
+    "auditor",
+    "dept_admin",
+    "dept_head",
+    "clerk",
+    "doctor",
+    "nurse",
+    "technician",
+    "patient",
+    "display",
+)

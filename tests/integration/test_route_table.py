@@ -22,6 +22,7 @@ DEMO_USER_OF_ROLE = {
     "dept_admin": "deptadmin",
     "dept_head": "depthead",
     "sys_admin": "admin",
+    "auditor": "auditor",
     "patient": "patient",
     "display": "display",
 }
