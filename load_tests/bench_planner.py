@@ -18,7 +18,9 @@ the node limit), the latency of the same instances with max_plans=1, and — on 
 exams, 3 days, where the brute force takes seconds) — the ratio exhaustive time / planner time and
 whether the best scores match.
 
-`--repeat N` times each instance N times and keeps the least (the machine may be busy).
+`--repeat N` times each instance N times and keeps the least (the machine may be busy);
+`--slowest N` lists the N slowest instances (their index in the run, latency, work units), to
+profile them.
 
 The node limit defaults to 20,000 here, as in plan_service (PlanRequest's default is 200,000); at
 roughly 10-20 µs a unit an instance that uses all 20,000 takes 0.2-0.4 s.
@@ -214,6 +216,7 @@ def main() -> None:
     parser.add_argument(
         "--repeat", type=int, default=1, help="time each instance this many times and keep the least (a busy machine)"
     )
+    parser.add_argument("--slowest", type=int, default=0, help="list the ids of this many slowest instances")
     args = parser.parse_args()
     checker, source = load_rules()
     rng = random.Random(args.seed)
@@ -269,6 +272,9 @@ def main() -> None:
     p99 = pct(latencies, 0.99)
     verdict = "met" if p99 < target else f"MISSED by {p99 - target:.1f} ms"
     print(f"  target p99 < {target:.0f} ms: {verdict}")
+    if args.slowest > 0:
+        worst = sorted(range(n), key=lambda i: -latencies[i])[: args.slowest]
+        print("  slowest (instance id: ms, nodes): " + ", ".join(f"{i}: {latencies[i]:.1f}, {nodes[i]}" for i in worst))
 
     # The same instances asking for the best plan only (no alternatives to prove).
     one: list[float] = []

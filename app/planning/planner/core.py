@@ -17,12 +17,14 @@ Same-day pair rules, as the single-day solver (`day.py`) uses them, with x place
 from __future__ import annotations
 
 from bisect import bisect_left
-from datetime import date, datetime
+from datetime import date, datetime, time
+from itertools import accumulate
+from operator import attrgetter
 
 from app.planning.catalogue import ExamType
 from app.planning.planner.model import PlanRequest
 from app.planning.planner.prepare import _gap_after, _Item, _Oracle, _Prepared, _Rel, _separation
-from app.planning.rules import Checker, Placed, PrepWindow, SameDayOrder, TimeOfDay, TravelGap
+from app.planning.rules import Checker, MinGap, Placed, PrepWindow, SameDayOrder, TimeOfDay, TravelGap
 
 INF = 1 << 62
 
@@ -82,13 +84,16 @@ class _Core:
         # Pair relations and the rules in numbers.
         tids = [oracle.type_id(e) for e in exams]
         self.rels: list[list[_Rel]] = [[oracle.relation(a, b) for b in tids] for a in tids]
-        self.after = [[_gap_after(checker, exams[k], exams[j]) if k != j else 0 for j in range(n)] for k in range(n)]
+        # The rules of the kinds each pair relation below reads (fewer to go through per pair).
+        gap_rules = Checker([r for r in checker.rules if isinstance(r.params, (MinGap, TravelGap))], checker.tz)
+        order_rules = Checker([r for r in checker.rules if isinstance(r.params, (SameDayOrder, TimeOfDay))], checker.tz)
+        self.after = [[_gap_after(gap_rules, exams[k], exams[j]) if k != j else 0 for j in range(n)] for k in range(n)]
         self.day_gaps = any(any(row) for row in self.after)
         self.after_mask = [sum(1 << j for j in range(n) if self.after[k][j]) for k in range(n)]
         self.not_before = [0] * n  # not_before[y]: the exams that may not come before y on its day
         for x in range(n):
             for y in range(n):
-                if x != y and not _order_ok(checker, exams[x], exams[y], self.keys[x] != self.keys[y]):
+                if x != y and not _order_ok(order_rules, exams[x], exams[y], self.keys[x] != self.keys[y]):
                     self.not_before[y] |= 1 << x
         campuses = sorted({c.campus for lst in self.items for c in lst})
         self.old_check = [[False] * n for _ in range(n)]
@@ -120,7 +125,7 @@ class _Core:
             k = (tids[x], tids[y], distinct) if tids[x] <= tids[y] else (tids[y], tids[x], distinct)
             got = seps.get(k)
             if got is None:
-                got = seps[k] = _separation(checker, exams[x], exams[y], distinct)
+                got = seps[k] = _separation(gap_rules, exams[x], exams[y], distinct)
             return got
 
         sep = [[separation(x, y, False) if x != y else 0 for y in range(n)] for x in range(n)]
@@ -141,6 +146,21 @@ class _Core:
         self.lbspan = [self.sum_w[m] - max((g[j] for j in self.bits[m]), default=0) for m in range(size)]
         self.g_min = [min((g[j] for j in self.bits[m]), default=0) for m in range(size)]
         self.durs = [sorted(self.min_dur[j] for j in self.bits[m]) for m in range(size)]
+        # The least span of a day holding two exams that a min gap keeps apart on it (in the orders
+        # the order rules allow): per set, the largest over its pairs.
+        pair_span = [[0] * n for _ in range(n)]
+        for x in range(n):
+            for y in range(x + 1, n):
+                if self.after[x][y] or self.after[y][x]:
+                    both = self.min_dur[x] + self.min_dur[y]
+                    orders = [both + self.after[a][b] for a, b in ((x, y), (y, x)) if not self.not_before[b] >> a & 1]
+                    pair_span[x][y] = pair_span[y][x] = min(orders, default=INF)
+        self.apart_pairs = [(x, y) for x in range(n) for y in range(x + 1, n) if self.after[x][y] and self.after[y][x]]
+        self.pair_span = [0] * size
+        for m in range(1, size):
+            low = (m & -m).bit_length() - 1
+            rest = m & (m - 1)
+            self.pair_span[m] = max(self.pair_span[rest], *(pair_span[low][j] for j in self.bits[rest]), 0)
         self.nb_union = [0] * size
         for m in range(1, size):
             low = (m & -m).bit_length() - 1
@@ -175,6 +195,8 @@ class _Core:
                     self.apart[x][y] = all(self.day_bad[d][x] >> y & 1 for d in common)
         prep_rules = [r for r in checker.rules if isinstance(r.params, PrepWindow)]
         self.prep_check = Checker(prep_rules, checker.tz) if prep_rules else None  # the first exam of a day
+        self.prep_mask = sum(1 << j for j in range(n) if any(r.spec.a.matches(exams[j]) for r in prep_rules))
+        self.prep_windows = [r.params for r in prep_rules if isinstance(r.params, PrepWindow)]
         self.existing_by_day: dict[int, list[Placed]] = {}
         for e in prep.existing:
             self.existing_by_day.setdefault(e.day, []).append(e.placed)
@@ -184,6 +206,14 @@ class _Core:
         if self.nodes > self.limit:
             raise _Stop
 
+    def prep_until(self, day: int) -> int:
+        """The instant of the day from which on no preparation window applies (`Checker.day`)."""
+        out = 0
+        for prm in self.prep_windows:
+            opening = datetime.combine(date.fromordinal(day), time.fromisoformat(prm.day_start), self.checker.tz)
+            out = max(out, int(opening.timestamp()) + prm.prep_minutes * 60)
+        return out
+
     def lbrest(self, rest: int, m: int, blocks: int) -> int:
         """Least time in hospital (s) to place m exams of `rest` on `blocks` more days."""
         if m <= 0:
@@ -191,17 +221,35 @@ class _Core:
         return sum(self.durs[rest][:m]) + max(0, m - blocks) * self.g_min[rest]
 
     def later_end(self, rest: int, m: int, day: int, thr: tuple[int, ...]) -> int:
-        """Least completion when m exams of `rest` are placed after `day` (INF: they cannot be)."""
+        """Least completion when m exams of `rest` are placed after `day` (INF: they cannot be).
+        When they all are, two of them that a min gap keeps apart in both orders end no earlier
+        than the later of the two, its least start after the other's least end and the gap."""
         if m <= 0:
             return 0
         start = self.midnight[day + 1]
         ends = []
+        least = {}
         for j in self.bits[rest]:
             fs = self.flat_s[j]
             k = bisect_left(fs, max(thr[j], start))
-            ends.append(self.flat_min_e[j][k] if k < len(fs) else INF)
+            least[j] = e = self.flat_min_e[j][k] if k < len(fs) else INF
+            ends.append(e)
         ends.sort()
-        return ends[m - 1]
+        end = ends[m - 1]
+        if m == self.pop[rest] and end < INF:
+            after = self.after
+            for x, y in self.apart_pairs:
+                if rest >> x & 1 and rest >> y & 1:
+                    end = max(
+                        end, min(self._end_after(y, least[x] + after[x][y]), self._end_after(x, least[y] + after[y][x]))
+                    )
+        return end
+
+    def _end_after(self, j: int, t: int) -> int:
+        """The least end of exam j's candidates that start at t or later (INF: none)."""
+        fs = self.flat_s[j]
+        k = bisect_left(fs, t)
+        return self.flat_min_e[j][k] if k < len(fs) else INF
 
     def least_unplaced(self) -> int:
         """A lower bound on the exams left out: two exams that no plan can hold both (no day they
@@ -246,12 +294,9 @@ def _order_ok(checker: Checker, x: ExamType, y: ExamType, distinct: bool) -> boo
     return True
 
 
-def _rank_key(c: _Item) -> tuple[int, int, str, int, str, str]:
-    return (c.s, c.tb[1], c.key, c.e, c.res, c.campus)
+# The tie-break entry (start, slot id, key), then the rest: a total order of the candidates.
+_rank_key = attrgetter("tb", "e", "res", "campus")
 
 
 def _suffix_min(values: list[int]) -> list[int]:
-    out = list(values)
-    for k in range(len(out) - 2, -1, -1):
-        out[k] = min(out[k], out[k + 1])
-    return out
+    return [*accumulate(reversed(values), min)][::-1]

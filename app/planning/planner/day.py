@@ -153,7 +153,10 @@ class _Day(_DayBounds):
             if least > allowance:
                 fail = min(fail, least - 1)
                 continue
-            bound = self._relax(rem, f.e, j) - f.s
+            e = self._relax(rem, f)
+            if e >= INF:
+                continue  # no schedule starts with this window, even relaxed
+            bound = e - f.s
             if bound > allowance:
                 fail = min(fail, bound - 1)
             elif self._first_ok(f):
@@ -331,7 +334,10 @@ class _Day(_DayBounds):
             if least > allowance:
                 fail = min(fail, least - 1)
                 continue
-            bound = (relax(r2, we, w.j) if r2 else we) - le
+            e = relax(r2, w) if r2 else we
+            if e >= INF:
+                continue  # no suffix starts with this window, even relaxed
+            bound = e - le
             if bound <= allowance:
                 ranked.append((bound, w.idx, w))
             else:

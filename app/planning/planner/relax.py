@@ -2,24 +2,25 @@
 blocks to try first, which to cut) and for the single-day solver (which suffixes to cut).
 
 `bounds` is cheap: the first start is at most every exam's latest start, the last end at least
-every exam's earliest end, and the span at least the durations plus least gaps.
+every exam's earliest end, and the span at least the durations plus least gaps, and at least the
+durations plus the min gap of any two exams a min gap keeps apart on a day (`core.pair_span`).
 
-`relaxed` is the relaxed DP (`_tabulate`): a chain of exams in which only the gaps between
-consecutive exams (travel and min gaps, with the travel gap waived on a resource both may use),
-the order rules and, for the first exam, the thresholds and the preparation window are kept.
-Every valid schedule is such a chain, so its least span and end are lower bounds. The DP is
-tabulated per day, one vector per set of exams left (built on demand from the sets one smaller)
-over every (last exam, end of that exam), with C-level gathers and one `min` map per set: at most a few
-hundred list operations per day instead of thousands of memoised calls, and every later query
-(the search's blocks, the solver's first exams and suffixes) is then a list lookup.
+`relaxed` is the relaxed DP (`_Chain`): a chain of exams in which only the gaps between
+consecutive exams (travel and min gaps, the travel gap waived on the same resource), the order
+rules and, for the first exam, the thresholds and the preparation window are kept. Every valid
+schedule is such a chain, so its least span and end are lower bounds. The DP is tabulated per
+day, one vector per set of exams left (built on demand from the sets one smaller) over every (last
+exam, end of that exam), with C-level gathers and one `min` map per set: at most a few hundred
+list operations per day instead of thousands of memoised calls, and every later query (the
+search's blocks, the solver's first exams and suffixes) is then a list lookup.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Callable
-from itertools import repeat
-from operator import attrgetter, itemgetter
+from itertools import accumulate, repeat
+from operator import attrgetter, itemgetter, sub
 
 from app.planning.planner.core import INF, _Core
 from app.planning.planner.prepare import _Item
@@ -35,18 +36,17 @@ class _DayBounds:
         self.items = [core.by_day[j].get(day, []) for j in range(n)]
         self.starts = [[c.s for c in lst] for lst in self.items]
         self.min_e = [_suffix_min([c.e for c in lst]) for lst in self.items]
-        self.reps: list[list[_Item | None]] | None = None  # see _representatives
         self.all: list[_Item] | None = None  # the day's candidates in tie-break order, on demand
         self.bad = core.day_bad[day]
         self.ok: dict[int, bool] = {}
-        self.table: list[list[int] | None] | None = None  # the relaxed DP (see _tabulate), on demand
-        self.epos: list[dict[int, int]] = []
+        self.chain: _Chain | None = None  # the relaxed DP, on demand
         self.t0 = min((st[0] for st in self.starts if st), default=INF)  # the day's first start
         self.first: dict[int, bool] = {}
         self.relaxed_memo: dict[object, tuple[int, int]] = {}
         self.free_bounds: dict[int, tuple[int, int]] = {}  # `bounds` with no threshold after t0
         self.first_lists: dict[int, list[_Item]] = {}
         self.prep = core.prep_check
+        self.prep_until: int | None = None  # see core.prep_until
         self.existing = core.existing_by_day.get(day, [])
 
     def available(self, rest: int, thr: tuple[int, ...]) -> int:
@@ -80,8 +80,19 @@ class _DayBounds:
             first = min(first, st[k])
             latest = min(latest, st[-1])
             end = max(end, self.min_e[j][k])
-        span = max(self.core.lbspan[mask], end - latest)
+        core = self.core
+        span = max(core.lbspan[mask], core.pair_span[mask], end - latest)
         return span, max(end, first + span)
+
+    def first_start(self, mask: int, thr: tuple[int, ...]) -> int:
+        """The earliest start of a schedule of `mask` on the day (INF: none)."""
+        first = INF
+        for j in self.core.bits[mask]:
+            st = self.starts[j]
+            k = bisect_left(st, thr[j])
+            if k < len(st) and st[k] < first:
+                first = st[k]
+        return first
 
     def bounds_free(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
         """`bounds`, when no threshold of `mask` is after the day's first start (memoised)."""
@@ -92,12 +103,10 @@ class _DayBounds:
 
     def relaxed(self, mask: int, thr: tuple[int, ...]) -> tuple[int, int]:
         """Least span and least end of a schedule of `mask` on the day under the relaxation of
-        `_tabulate` (any first window that meets its threshold and the preparation window, of an
+        `_Chain` (any first window that meets its threshold and the preparation window, of an
         exam every other may follow, then the relaxed suffix), and no less than `bounds`; INF when
-        none. One window per (exam, start, end) suffices: the relaxation sees the resources of an
-        exam on the day, not those of one window. A window is skipped when even the least suffix
-        (`core.sum_w`: least durations and gaps) cannot improve either value.
-        Memoised on the thresholds as the day's candidates see them."""
+        none. Per first exam, one gather from the DP's vector of the others over its opening
+        windows (`_Chain.openers`). Memoised on the thresholds as the day's candidates see them."""
         core = self.core
         if not thr or max(thr) <= self.t0:
             key: object = mask
@@ -109,39 +118,26 @@ class _DayBounds:
             lo_span, lo_end = self.bounds(mask, thr)
             if lo_end < INF:
                 nb_union = core.nb_union
+                chain = self.chain or self._chain()
                 for j in core.bits[mask]:
                     rem = mask & ~(1 << j)
                     if nb_union[rem] >> j & 1:
                         continue
-                    least = core.sum_w[rem]  # the suffix takes at least this long (see _relax)
-                    reps = (self.reps or self._representatives())[j]
-                    for i in range(bisect_left(self.starts[j], thr[j]), len(reps)):
-                        f = reps[i]
-                        if f is None or (f.e - f.s + least >= span and f.e + least >= end):
-                            continue
-                        if not self._first_ok(f):
-                            continue
-                        e = self._relax(rem, f.e, j)
-                        if e < INF:
-                            if e - f.s < span:
-                                span = e - f.s
-                            if e < end:
-                                end = e
+                    starts, ends, pos = chain.openers[j] or chain.opening(j)
+                    k = bisect_left(starts, thr[j])
+                    if k == len(starts):
+                        continue
+                    if rem:
+                        row = chain.table[rem] or chain.row(rem)
+                        ends = [*map(row.__getitem__, pos[k:])]
+                    elif k:
+                        ends = ends[k:]
+                    e = min(ends)
+                    if e < INF:
+                        end = min(end, e)
+                        span = min(span, min(map(sub, ends, starts[k:] if k else starts)))
             got = self.relaxed_memo[key] = (max(span, lo_span), max(end, lo_end)) if end < INF else (INF, INF)
         return got
-
-    def _representatives(self) -> list[list[_Item | None]]:
-        """Per exam, per candidate: itself, or None when an earlier one has the same start and end
-        (the relaxation does not see resources)."""
-        self.reps = []
-        for lst in self.items:
-            seen: set[tuple[int, int]] = set()
-            reps: list[_Item | None] = []
-            for c in lst:
-                reps.append(None if (c.s, c.e) in seen else c)
-                seen.add((c.s, c.e))
-            self.reps.append(reps)
-        return self.reps
 
     def _at(self, j: int, t: int) -> int:
         """The first start of exam j on the day no earlier than t (INF: none)."""
@@ -158,66 +154,105 @@ class _DayBounds:
             got = self.first_lists[mask] = [c for c in self.all if mask >> c.j & 1]
         return got
 
-    def _relax(self, rem: int, t: int, k: int) -> int:
-        """Least end of placing `rem` after exam k that ends at t (an end of one of k's windows of
-        the day), relaxed: see `_tabulate`."""
+    def _relax(self, rem: int, w: _Item) -> int:
+        """Least end of placing `rem` after the window w (of an exam placed last on the day),
+        relaxed: see `_Chain`."""
         if not rem:
-            return t
-        table = self.table
-        if table is None:
-            table = self._tabulate()
-        row = table[rem]
+            return w.e
+        chain = self.chain or self._chain()
+        row = chain.table[rem]
         if row is None:
-            row = self._row(rem)
-        return row[self.epos[k][t]]
+            row = chain.row(rem)
+        return row[chain.pos[w.j][w.e]]
 
-    def _tabulate(self) -> list[list[int] | None]:
-        """The relaxed DP of the day: for every set of exams left and every end of a window of an
-        exam k placed last, the least end of the set after it.
+    def _chain(self) -> _Chain:
+        self.chain = _Chain(self)
+        return self.chain
 
-        Relaxation: each next exam j in any of its windows of the day that starts `core.gd[k][j]`
-        (travel and min gaps) after the exam before it ends, or only `core.after[k][j]` after when
-        the window is on a resource k has a window on this day (the travel gap is waived on the
-        same resource), and only when every exam after it may follow it (order rules); no other
-        rule. Every valid schedule is such a chain, and the least end of a chain grows with the
-        end before it, so the next exam's least end is the right one to go on from: the value is
-        a lower bound on the end of any suffix. One vector per set left (`_row`, built on demand
-        from the sets one smaller), over the (k, end of k) pairs, then INF: the least over the
-        next exam j of a C-level gather (`itemgetter`) from the vector of the set without j.
-        Cheap per state, and each query is then a lookup."""
-        n = self.core.n
-        ends = self.ends = [sorted({c.e for c in lst}) for lst in self.items]
-        base = [0] * n
-        for k in range(1, n):
-            base[k] = base[k - 1] + len(ends[k - 1])
-        self.size = base[-1] + len(ends[-1]) if n else 0  # position `size`: INF
-        self.epos = [{t: base[k] + a for a, t in enumerate(ends[k])} for k in range(n)]
+    def _first_ok(self, f: _Item) -> bool:
+        """The preparation window, for f opening its day (with the patient's other appointments)."""
+        if self.prep is None or not self.core.prep_mask >> f.j & 1:
+            return True  # no preparation window applies to the exam
+        if self.prep_until is None:
+            self.prep_until = self.core.prep_until(self.day)
+        if f.s >= self.prep_until:
+            return True  # nor at this time of the day
+        got = self.first.get(f.idx)
+        if got is None:
+            got = not any(f.key in v.keys for v in self.prep.day([*self.existing, f.placed]))
+            self.first[f.idx] = got
+        return got
+
+
+_idx = attrgetter("idx")
+
+
+class _Chain:
+    """The relaxed DP of a day: for every set of exams left and every position (exam k placed
+    last, end of one of k's windows of the day), the least end of the set after it.
+
+    Relaxation: each next exam j in any of its windows of the day that starts `core.gd[k][j]`
+    (travel and min gaps) after the exam before it ends, or only `core.after[k][j]` after when the
+    window is on a resource k has a window on this day (the travel gap is waived on the same
+    resource), and only when every exam after it may follow it (order rules); no other rule. Every
+    valid schedule is such a chain, and the least end of a chain grows with the end before it, so
+    the next exam's least end is the right one to go on from: the value is a lower bound on the end
+    of any suffix. One vector per set left (`row`, built on demand from the sets one smaller), over
+    the positions, then INF: the least over the next exam j of a C-level gather (`itemgetter`) from
+    the vector of the set without j. Cheap per state, and each query is then a lookup."""
+
+    def __init__(self, day: _DayBounds) -> None:
+        self.day = day
+        self.core = core = day.core
+        n = core.n
+        self.ends = [sorted({c.e for c in lst}) for lst in day.items]
+        self.pos: list[dict[int, int]] = []  # per exam: per end, its position
+        base = 0
+        for ends in self.ends:
+            self.pos.append({t: base + a for a, t in enumerate(ends)})
+            base += len(ends)
+        self.size = base  # position `size`: INF
         self.gather: list[Callable[[list[int]], tuple[int, ...]] | None] = [None] * n
-        self.resources = [{c.res for c in lst} for lst in self.items]
-        self.present = sum(1 << j for j in range(n) if ends[j])
+        self.resources = [{c.res for c in lst} for lst in day.items]
+        self.present = sum(1 << j for j in range(n) if day.items[j])
         self.none = [INF] * (self.size + 1)
-        table: list[list[int] | None] = [None] * (1 << n)
-        table[0] = [t for e in ends for t in e] + [INF]
-        self.table = table
-        return table
+        self.table: list[list[int] | None] = [None] * (1 << n)
+        self.table[0] = [t for ends in self.ends for t in ends] + [INF]
+        self.openers: list[tuple[list[int], list[int], list[int]] | None] = [None] * n
 
-    def _row(self, rem: int) -> list[int]:
-        """The vector of the set `rem` (see `_tabulate`)."""
+    def opening(self, j: int) -> tuple[list[int], list[int], list[int]]:
+        """The windows of exam j that may open the day (the preparation window), one per (start,
+        end), by start: their starts, ends and positions."""
+        day = self.day
+        at = self.pos[j]
+        seen: set[tuple[int, int]] = set()
+        starts: list[int] = []
+        ends: list[int] = []
+        pos: list[int] = []
+        for c in day.items[j]:
+            if (c.s, c.e) not in seen and day._first_ok(c):
+                seen.add((c.s, c.e))
+                starts.append(c.s)
+                ends.append(c.e)
+                pos.append(at[c.e])
+        got = self.openers[j] = (starts, ends, pos)
+        return got
+
+    def row(self, rem: int) -> list[int]:
+        """The vector of the set `rem`."""
         table = self.table
-        assert table is not None
         if rem & ~self.present:
             table[rem] = self.none  # an exam without a window on the day
             return self.none
-        core = self.core
-        nb_union = core.nb_union
+        nb_union = self.core.nb_union
         parts: list[tuple[int, ...]] = []
-        for j in core.bits[rem]:
+        for j in self.core.bits[rem]:
             r2 = rem & ~(1 << j)
             if nb_union[r2] >> j & 1:
                 continue
             sub = table[r2]
             if sub is None:
-                sub = self._row(r2)
+                sub = self.row(r2)
             get = self.gather[j]
             if get is None:
                 get = self.gather[j] = self._gather(j)
@@ -234,42 +269,30 @@ class _DayBounds:
     def _gather(self, j: int) -> Callable[[list[int]], tuple[int, ...]]:
         """Per (k, end of k), the position of exam j's least end after it (INF when none or k = j),
         as a gather from a vector."""
-        core = self.core
-        ends, size = self.ends, self.size
-        st = self.starts[j]
-        me = [*self.min_e[j], INF]
-        pos = {**self.epos[j], INF: size}
+        core, day, size = self.core, self.day, self.size
+        st = day.starts[j]
+        me = [*day.min_e[j], INF]
+        pos = {**self.pos[j], INF: size}
+        resources = self.resources
         idx: list[int] = []
         for k in range(core.n):
-            if not ends[k]:
+            ends = self.ends[k]
+            if not ends:
                 continue
             if k == j:
-                idx += [size] * len(ends[k])
+                idx += [size] * len(ends)
                 continue
-            mine = self.resources[k]
-            same = [c for c in self.items[j] if c.res in mine] if mine & self.resources[j] else []
+            mine = resources[k]
             gap, after = core.gd[k][j], core.after[k][j]
-            e = itemgetter(*map(bisect_left, repeat(st), [t + gap for t in ends[k]]))(me)
-            if same:
+            e = [*map(me.__getitem__, map(bisect_left, repeat(st), [t + gap for t in ends]))]
+            if mine & resources[j]:
+                same = [c for c in day.items[j] if c.res in mine]
                 ss = [c.s for c in same]
                 sme = [*_suffix_min([c.e for c in same]), INF]
-                e2 = itemgetter(*map(bisect_left, repeat(ss), [t + after for t in ends[k]]))(sme)
-                e = tuple(map(min, e, e2)) if len(ends[k]) > 1 else min(e, e2)
-            idx += map(pos.__getitem__, e) if len(ends[k]) > 1 else [pos[e]]
+                e2 = map(sme.__getitem__, map(bisect_left, repeat(ss), [t + after for t in ends]))
+                e = [*map(min, e, e2)]
+            idx += map(pos.__getitem__, e)
         return itemgetter(*idx) if len(idx) > 1 else _one(idx[0])
-
-    def _first_ok(self, f: _Item) -> bool:
-        """The preparation window, for f opening its day (with the patient's other appointments)."""
-        if self.prep is None:
-            return True
-        got = self.first.get(f.idx)
-        if got is None:
-            got = not any(f.key in v.keys for v in self.prep.day([*self.existing, f.placed]))
-            self.first[f.idx] = got
-        return got
-
-
-_idx = attrgetter("idx")
 
 
 def _one(i: int) -> Callable[[list[int]], tuple[int, ...]]:
@@ -278,7 +301,4 @@ def _one(i: int) -> Callable[[list[int]], tuple[int, ...]]:
 
 
 def _suffix_min(values: list[int]) -> list[int]:
-    out = list(values)
-    for k in range(len(out) - 2, -1, -1):
-        out[k] = min(out[k], out[k + 1])
-    return out
+    return [*accumulate(reversed(values), min)][::-1]

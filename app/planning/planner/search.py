@@ -21,7 +21,10 @@ pruned once its bound exceeds the K-th best plan known (first four keys, then th
 prefix). The bounds are lazy: a child enters a heap with the cheap `bounds` of its block and of
 the exams left; when it reaches the front, the relaxed DP of relax.py (for the block, and for the
 exams left when they all go on one later day) replaces them, and it goes back in if they grew.
-Any lower bound keeps the search exact; the tighter ones only cut more. After
+Any lower bound keeps the search exact; the tighter ones only cut more. With the K-th best plan
+known, a block is solved within the minutes that can still enter (fewer when its completion bound
+is already later than that plan's), and a child whose bounds and prefix tie with that plan is cut
+when its block cannot start before that plan's next item (`_Top.tied_next`). After
 a phase that leaves K plans known, every later phase is worse: the search is complete.
 
 Alternatives: the K best *assignments* (the set of (exam, day) pairs) that place as many exams as
@@ -79,6 +82,17 @@ class _Top:
         if head != top:
             return head > top
         return prefix > kth[4][: len(prefix)]
+
+    def tied_next(self, head: tuple[int, int, int, int], prefix: tuple[tuple[int, int, str], ...]) -> int | None:
+        """When a plan with these first four keys and this tie-break prefix ties with the K-th best
+        plan so far, the start of the K-th best plan's next item: a plan whose next item starts
+        later cannot enter the top K (None: no such tie)."""
+        kth = self.kth
+        if kth is None or head != (kth[0], kth[1], kth[2], kth[3]):
+            return None
+        seq = kth[4]
+        n = len(prefix)
+        return seq[n][0] if len(seq) > n and prefix == seq[:n] else None
 
 
 class _Search:
@@ -154,8 +168,12 @@ class _Search:
         ]
         while heap:
             lb3, lb4, tight, d, mask, rest_lb, span_lb = heappop(heap)
-            if top.cut((u, self.d, lb3 // 60, lb4), prefix):
+            head = (u, self.d, lb3 // 60, lb4)
+            if top.cut(head, prefix):
                 continue
+            tied = top.tied_next(head, prefix)
+            if tied is not None and self.day(d).first_start(mask, thr) > tied:
+                continue  # ties with the K-th best plan up to here, then starts later
             if not tight:
                 span2, end2 = self.day(d).relaxed(mask, thr)
                 if end2 >= INF:
@@ -174,7 +192,11 @@ class _Search:
             size = pop[mask]
             others = rest & ~mask
             kth = top.kth
-            allowance = INF if kth is None or kth[:2] != (u, self.d) else kth[2] * 60 + 59 - secs - rest_lb
+            if kth is None or kth[:2] != (u, self.d):
+                allowance = INF
+            else:
+                # As many minutes as the K-th best plan at most; fewer when it also completes earlier.
+                allowance = kth[2] * 60 + (59 if lb4 <= kth[3] else -1) - secs - rest_lb
             for lab in self._labels(self.day(d), mask, thr, others, allowance):
                 total = secs + lab.span
                 head = (u, self.d, (total + rest_lb) // 60, lab.end if left == 1 else lb4)
