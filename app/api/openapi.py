@@ -65,7 +65,13 @@ def build_openapi(routes: list[BaseRoute], version: str) -> dict[str, Any]:
                 "responses": {
                     str(s.status): {
                         "description": "OK",
-                        "content": {"application/json": {"schema": by_type[s.response] if s.response else {}}},
+                        "content": {
+                            s.media_type: {
+                                "schema": by_type[s.response]
+                                if s.response
+                                else ({"type": "string"} if s.media_type != "application/json" else {})
+                            }
+                        },
                     },
                     "default": {
                         "description": "Problem (RFC 9457)",

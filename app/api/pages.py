@@ -27,6 +27,8 @@ _ASSETS = {
     "pool.js": "text/javascript",
     "callscreen.js": "text/javascript",
     "console.js": "text/javascript",
+    "index.js": "text/javascript",
+    "index.css": "text/css",
 }
 _PLOTLY_SPEC = util.find_spec("plotly")  # located, not imported: only its bundled plotly.min.js is served
 _PLOTLY = Path(_PLOTLY_SPEC.origin or "").parent / "package_data" / "plotly.min.js" if _PLOTLY_SPEC else Path()

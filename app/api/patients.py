@@ -1,4 +1,6 @@
-"""A patient's orders and appointments. Every read is audited; identity fields are masked."""
+"""A patient's orders and appointments. Every read is audited; identity fields are shown as the
+caller's role allows (app/security/masking.py: masked for the desk, the wards and the patient
+himself, never in full)."""
 
 from __future__ import annotations
 
@@ -10,31 +12,33 @@ from app.api.routing import Call, api_route
 from app.booking.service import check_patient_access
 from app.db import patient_repo
 from app.errors import NotFound
-from app.security.idcard import mask_id_number, mask_name, mask_phone
+from app.security.actor import Actor
+from app.security.crypto import pii_keys
 from app.security.identity import checked_id_number
+from app.security.masking import shown
 
 READERS = frozenset({"doctor", "nurse", "clerk", "technician", "sys_admin", "patient"})
 
 
-def _summary(row: Any) -> dict[str, Any]:
+def _summary(p: patient_repo.PatientPii, actor: Actor) -> dict[str, Any]:
     return {
-        "id": row["id"],
-        "mrn": row["mrn"],
-        "name_masked": mask_name(row["name"]),
-        "gender": row["gender"],
-        "birth_date": row["birth_date"],
-        "id_number_masked": mask_id_number(row["id_number"] or ""),
-        "phone_masked": mask_phone(row["phone"] or ""),
+        "id": p.id,
+        "mrn": p.mrn,
+        "name_masked": shown(actor, "name", p.name) or "",
+        "gender": p.gender,
+        "birth_date": p.birth_date,
+        "id_number_masked": shown(actor, "id_number", p.id_number) or "",
+        "phone_masked": shown(actor, "phone", p.phone) or "",
     }
 
 
 async def _patient(call: Call) -> dict[str, Any]:
     patient_id = call.path_int("patient_id")
     check_patient_access(call.staff, patient_id)
-    row = await patient_repo.patient_by_id(call.services.pool, patient_id)
+    row = await patient_repo.patient_with_pii(call.services.pool, pii_keys(call.services.settings), patient_id)
     if row is None:
         raise NotFound("患者不存在", detail=f"patient {patient_id} not found")
-    return _summary(row)
+    return _summary(row, call.staff)
 
 
 class LookupQuery(msgspec.Struct, forbid_unknown_fields=True):
@@ -47,11 +51,13 @@ async def lookup(call: Call) -> dict[str, Any]:
     q: LookupQuery = call.query
     card = q.card.strip()
     id_number = checked_id_number(card) if len(card) == 18 else None
-    row = await patient_repo.find_patient(call.services.pool, None if id_number else card, id_number)
+    keys = pii_keys(call.services.settings)
+    row = await patient_repo.find_patient(call.services.pool, keys, None if id_number else card, id_number)
     if row is None:
         raise NotFound("未找到该患者，请核对就诊卡号或身份证号", detail="no patient for that card or id number")
-    await patient_repo.audit(call.services.pool, call.staff, "lookup", "patient", str(row["id"]), row["id"])
-    return _summary(row)
+    by = {"by": "id_number" if id_number else "card"}
+    await patient_repo.audit(call.services.pool, call.staff, "lookup", "patient", str(row.id), row.id, by)
+    return _summary(row, call.staff)
 
 
 async def patient_orders(call: Call) -> dict[str, Any]:

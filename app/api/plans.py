@@ -116,6 +116,7 @@ routes = [
         body=BookPlanBody,
         response=BookPlanReply,
         summary="Book a plan as one bundle; if a slot was taken, 409 plan_slot_taken with new alternatives",
+        limit="booking",
     ),
     api_route(
         "/api/v1/plans/explain",

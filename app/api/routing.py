@@ -20,9 +20,11 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from app.api.problem import problem_response
 from app.errors import AppError, BadRequest, Forbidden, NotAuthenticated, NotFound, ValidationFailed
 from app.security.actor import ROLES, Actor
 from app.security.devices import DEVICE_PREFIX
+from app.security.ratelimit import DEVICE_HEADER, RateLimited
 from app.services import Services
 from realtime.stream import (
     CLOSE_BAD_REQUEST,
@@ -52,6 +54,7 @@ class RouteSpec(msgspec.Struct, frozen=True):
     query: Any = None
     response: Any = None
     status: int = 200
+    media_type: str = "application/json"  # of a successful answer (text/csv for exports)
     kind: str = "api"  # "page" (HTML), "ws" (WebSockets), "fhir" (its CapabilityStatement): not in the OpenAPI
 
 
@@ -149,6 +152,18 @@ def client_ip(request: HTTPConnection) -> str:
     return request.client.host if request.client else ""
 
 
+async def _rate_limit(services: Services, policy: str, request: Request, actor: Actor | None, body: Any) -> None:
+    limits = services.sessions.limits
+    field = limits.policies[policy].account_field
+    if actor is not None and actor.user_id is not None:
+        account = f"u:{actor.user_id}"
+    else:
+        value = getattr(body, field, "") if field else ""
+        account = f"{field}:{str(value).strip().lower()}" if value else ""
+    device = request.headers.get(DEVICE_HEADER, "")[:64]
+    await limits.hit(policy, account=account, ip=client_ip(request), device=device)
+
+
 def api_route(
     path: str,
     handler: Handler,
@@ -161,14 +176,21 @@ def api_route(
     query: Any = None,
     response: Any = None,
     status: int = 200,
+    media_type: str = "application/json",
+    limit: str | None = None,
+    allow_restricted: bool = False,
 ) -> Route:
+    """`limit` names a rate-limit policy (app/security/ratelimit.py) counted per account, address
+    and device before the handler runs; `allow_restricted` lets a session restricted to a password
+    change or TOTP enrolment through (app/security/sessions.py). Without a bearer token, a verified
+    client certificate of an interface system authenticates the call (app/security/mtls.py)."""
     allowed = frozenset({roles}) if isinstance(roles, str) else roles
     if not allowed:
         raise ValueError(f"route {path} declares no roles")
     unknown = allowed - ANY_ROLE - {PUBLIC}
     if unknown:
         raise ValueError(f"route {path} names unknown roles {sorted(unknown)}")
-    spec = RouteSpec(path, methods, allowed, summary, tag, body, query, response, status)
+    spec = RouteSpec(path, methods, allowed, summary, tag, body, query, response, status, media_type)
 
     async def endpoint(request: Request) -> Response:
         services: Services = request.app.state.services
@@ -176,8 +198,11 @@ def api_route(
         if PUBLIC not in allowed:
             token = bearer_token(request)
             if token is None:
-                raise NotAuthenticated(detail="no bearer token")
-            actor = await services.sessions.resolve(token, client_ip(request))
+                actor = await services.sessions.certificate_actor(request.scope, client_ip(request))
+                if actor is None:
+                    raise NotAuthenticated(detail="no bearer token")
+            else:
+                actor = await services.sessions.resolve(token, client_ip(request), allow_restricted=allow_restricted)
             if not actor.roles & allowed:
                 raise Forbidden(detail=f"route needs one of {sorted(allowed)}")
         call = Call(request=request, services=services, actor=actor)
@@ -185,6 +210,13 @@ def api_route(
             call.query = decode_query(request, query)
         if body is not None:
             call.body = await _decode_body(request, body)
+        if limit is not None:
+            try:
+                await _rate_limit(services, limit, request, actor, call.body)
+            except RateLimited as exc:
+                limited = problem_response(exc.status, exc.code, exc.message, exc.detail, request.url.path, **exc.extra)
+                limited.headers["Retry-After"] = str(exc.retry_after_s)
+                return limited
         result = await handler(call)
         if isinstance(result, Response):
             return result

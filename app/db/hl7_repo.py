@@ -10,8 +10,10 @@ from typing import Any
 
 import asyncpg
 
+from app.db.patient_repo import PII_COLUMNS, decrypt_pii
 from app.db.pool import database_errors
 from app.security.actor import Actor
+from app.security.crypto import KeyRing
 
 
 @asynccontextmanager
@@ -138,18 +140,24 @@ async def log_rejected(
 # -- patients ------------------------------------------------------------------------------------
 
 
-async def patient_by_mrn(conn: asyncpg.Connection, mrn: str) -> asyncpg.Record | None:
-    """The patient, locked for the rest of the transaction."""
+async def patient_by_mrn(conn: asyncpg.Connection, keys: KeyRing, mrn: str) -> dict[str, Any] | None:
+    """The patient, locked for the rest of the transaction, with his ID number and phone decrypted."""
     async with database_errors():
-        return await conn.fetchrow(
-            """SELECT id, hospital_id, mrn, name, gender, birth_date, id_number, phone FROM patient
+        row = await conn.fetchrow(
+            f"""SELECT id, hospital_id, mrn, name, gender, birth_date, {PII_COLUMNS} FROM patient
                 WHERE mrn = $1 FOR UPDATE""",
             mrn,
         )
+    if row is None:
+        return None
+    id_number, phone = decrypt_pii(keys, row)
+    out = {k: row[k] for k in ("id", "hospital_id", "mrn", "name", "gender", "birth_date")}
+    return {**out, "id_number": id_number, "phone": phone}
 
 
 async def insert_patient(
     conn: asyncpg.Connection,
+    keys: KeyRing,
     *,
     hospital_id: str,
     mrn: str,
@@ -159,37 +167,56 @@ async def insert_patient(
     id_number: str | None,
     phone: str | None,
 ) -> int | None:
-    """The new patient's id; None when the MRN was registered meanwhile."""
+    """The new patient's id (ID number and phone stored encrypted); None when the MRN was
+    registered meanwhile."""
+    id_number_enc, id_number_idx = keys.seal_id_number(id_number)
+    phone_enc, phone_idx = keys.seal_phone(phone)
     async with database_errors():
         return await conn.fetchval(
-            """INSERT INTO patient (hospital_id, mrn, name, gender, birth_date, id_number, phone)
-               VALUES ($1, $2, $3, $4, $5, $6, $7)
+            """INSERT INTO patient (hospital_id, mrn, name, gender, birth_date, id_number_enc, id_number_idx,
+                                    phone_enc, phone_idx)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                ON CONFLICT (mrn) DO NOTHING RETURNING id""",
             hospital_id,
             mrn,
             name,
             gender,
             birth_date,
-            id_number,
-            phone,
+            id_number_enc,
+            id_number_idx,
+            phone_enc,
+            phone_idx,
         )
 
 
 _PATIENT_COLUMNS = frozenset({"name", "gender", "birth_date", "id_number", "phone"})
 
 
-async def update_patient(conn: asyncpg.Connection, patient_id: int, changes: Mapping[str, Any]) -> None:
-    columns = sorted(changes)
-    if not columns:
+def _stored(keys: KeyRing, changes: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns to set for `changes`: the ID number and phone encrypted (their plaintext emptied)."""
+    out = {c: v for c, v in changes.items() if c not in ("id_number", "phone")}
+    if "id_number" in changes:
+        out["id_number_enc"], out["id_number_idx"] = keys.seal_id_number(changes["id_number"])
+        out["id_number"] = None
+    if "phone" in changes:
+        out["phone_enc"], out["phone_idx"] = keys.seal_phone(changes["phone"])
+        out["phone"] = None
+    return out
+
+
+async def update_patient(conn: asyncpg.Connection, keys: KeyRing, patient_id: int, changes: Mapping[str, Any]) -> None:
+    if not changes:
         return
-    if not set(columns) <= _PATIENT_COLUMNS:
-        raise ValueError(f"patient columns must be among {sorted(_PATIENT_COLUMNS)}, got {columns}")
+    if not set(changes) <= _PATIENT_COLUMNS:
+        raise ValueError(f"patient columns must be among {sorted(_PATIENT_COLUMNS)}, got {sorted(changes)}")
+    stored = _stored(keys, changes)
+    columns = sorted(stored)
     assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
     async with database_errors():
         await conn.execute(
             f"UPDATE patient SET {assignments}, updated_at = now() WHERE id = $1",
             patient_id,
-            *(changes[c] for c in columns),
+            *(stored[c] for c in columns),
         )
 
 

@@ -43,7 +43,7 @@ async def recipients(
     about (None when it names none)."""
     async with database_errors():
         rows = await conn.fetch(
-            """SELECT c.id, p.phone, p.wechat_openid, a.status AS appointment_status
+            """SELECT c.id, p.phone, p.phone_enc, p.wechat_openid, a.status AS appointment_status
                  FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]) AS c(id, patient_id, appointment_id)
                  LEFT JOIN patient p ON p.id = c.patient_id
                  LEFT JOIN appointment a ON a.id = c.appointment_id""",

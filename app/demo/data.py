@@ -15,7 +15,7 @@ import msgspec
 from app.security.idcard import checksum_char
 
 HOSPITAL_ID = "h1"
-DEMO_PASSWORD = "Huiyue@2026"  # noqa: S105  # nosec B105 - the published demo password, printed at start-up
+DEMO_PASSWORD = "Huiyue@2026"  # noqa: S105 - the published demo password, printed at start-up  # nosec B105
 _SEED = 2026
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from app.demo import data
+from app.security.crypto import KeyRing, pii_keys
 from app.security.passwords import hash_password
 
 if TYPE_CHECKING:
@@ -56,9 +57,13 @@ def _summary(already_seeded: bool) -> DemoSummary:
     )
 
 
-async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
-    """Insert the demo hospital in one transaction; a no-op if hospital 'h1' already exists."""
+async def seed_demo(conn: asyncpg.Connection, keys: KeyRing | None = None) -> DemoSummary:
+    """Insert the demo hospital in one transaction; a no-op if hospital 'h1' already exists.
+
+    Patients' ID numbers and phones are encrypted with `keys` (default: the key ring of the
+    process environment, HY_PII_KEYS or the development key file)."""
     hid = data.HOSPITAL_ID
+    ring = keys if keys is not None else pii_keys()
     if await conn.fetchval("SELECT 1 FROM hospital WHERE id = $1", hid):
         return _summary(already_seeded=True)
     # argon2 is slow on purpose: hash once, off the event loop, and share the hash.
@@ -163,11 +168,32 @@ async def seed_demo(conn: asyncpg.Connection) -> DemoSummary:
                 for t in data.SLOT_TEMPLATES
             ],
         )
+        # The ID number and phone are stored encrypted, with the number's blind index (migration 0015).
         await conn.copy_records_to_table(
             "patient",
-            columns=("hospital_id", "mrn", "name", "gender", "birth_date", "id_number", "phone", "insurance_no"),
+            columns=(
+                "hospital_id",
+                "mrn",
+                "name",
+                "gender",
+                "birth_date",
+                "id_number_enc",
+                "id_number_idx",
+                "phone_enc",
+                "phone_idx",
+                "insurance_no",
+            ),
             records=[
-                (hid, p.mrn, p.name, p.gender, p.birth_date, p.id_number, p.phone, p.insurance_no)
+                (
+                    hid,
+                    p.mrn,
+                    p.name,
+                    p.gender,
+                    p.birth_date,
+                    *ring.seal_id_number(p.id_number),
+                    *ring.seal_phone(p.phone),
+                    p.insurance_no,
+                )
                 for p in data.PATIENTS
             ],
         )

@@ -46,7 +46,7 @@ SIGNATURE_HEADER = "X-HuiYue-Signature"
 TIMESTAMP_HEADER = "X-HuiYue-Timestamp"
 DELIVERY_HEADER = "X-HuiYue-Delivery"
 EVENT_HEADER = "X-HuiYue-Event"
-SECRET_PREFIX = "hyw_"  # noqa: S105  # nosec B105 - the prefix that marks a webhook secret, not one
+SECRET_PREFIX = "hyw_"  # noqa: S105 - the prefix that marks a webhook secret, not one  # nosec B105
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:

@@ -32,6 +32,7 @@ from app.notify.backoff import RetryPolicy, backoff_delay
 from app.notify.message import Outcome, OutgoingMessage, Sender, SendResult
 from app.notify.render import REMINDER_KINDS
 from app.notify.settings import NotifySettings
+from app.security.crypto import pii_keys
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ async def _round(
                 patient_id=c.patient_id,
                 kind=c.kind,
                 text=c.text,
-                phone=contact["phone"],
+                phone=contact["phone"] or pii_keys().open_phone(contact["phone_enc"]),
                 wechat_openid=contact["wechat_openid"],
                 appointment_id=c.appointment_id,
             )

@@ -50,7 +50,7 @@ ORDER_STEPS = {"start": "started", "finish": "done", "abort": "aborted"}
 NEW_STATE = {
     "call": "called",
     "recall": "called",
-    "pass": "waiting",  # nosec B105 - 过号, a queue action
+    "pass": "waiting",  # 过号, a queue action  # nosec B105
     "defer": "deferred",
     "resume": "waiting",
     "start": "in_exam",
@@ -60,7 +60,7 @@ NEW_STATE = {
 ACTION_NAMES = {
     "call": "叫号",
     "recall": "重呼",
-    "pass": "过号",  # nosec B105 - a queue action
+    "pass": "过号",  # a queue action  # nosec B105
     "defer": "暂缓",
     "resume": "恢复排队",
     "start": "开始检查",

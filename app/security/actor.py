@@ -36,6 +36,7 @@ ROLES = (
     "dept_head",
     "sys_admin",
     "auditor",
+    "interface",
     "patient",
     "display",
 )
@@ -48,6 +49,7 @@ ROLE_ORDER = (
     "doctor",
     "nurse",
     "technician",
+    "interface",
     "patient",
     "display",
 )

@@ -11,6 +11,7 @@ import asyncpg
 import msgspec
 
 from app.db.pool import database_errors
+from app.security.crypto import KeyRing, pii_keys
 from app.security.idcard import is_valid_id_number, normalize_id_number
 
 
@@ -24,15 +25,19 @@ class IdentityAdapter(Protocol):
 
 
 class DemoHisAdapter:
-    """The demo hospital's "HIS": the patient table itself."""
+    """The demo hospital's "HIS": the patient table itself, matched on the ID number's blind index
+    (the number is stored encrypted) and the name."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, keys: KeyRing | None = None) -> None:
         self.pool = pool
+        self.keys = keys if keys is not None else pii_keys()
 
     async def look_up(self, id_number: str, name: str) -> PatientIdentity | None:
         async with database_errors():
             row = await self.pool.fetchrow(
-                "SELECT id, name FROM patient WHERE upper(id_number) = $1 AND name = $2", id_number, name
+                "SELECT id, name FROM patient WHERE id_number_idx = $1 AND name = $2 ORDER BY id LIMIT 1",
+                self.keys.id_number_index(id_number),
+                name,
             )
         return PatientIdentity(int(row["id"]), row["name"]) if row else None
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from app.demo import data
 from app.demo.seed import demo_accounts, seed_demo
+from app.security.crypto import pii_keys
 from app.security.idcard import is_valid_id_number
 from app.security.passwords import verify_password
 
@@ -67,9 +68,11 @@ async def test_seed_demo_loads_a_consistent_hospital(db_conn: asyncpg.Connection
         assert sum(quotas.values()) < row["capacity"]
 
     # Patients and orders.
-    patients = await db_conn.fetch("SELECT id_number FROM patient")
+    patients = await db_conn.fetch("SELECT id_number, phone, id_number_enc FROM patient")
     assert len(patients) == summary.patients == 60
-    assert all(is_valid_id_number(p["id_number"]) for p in patients)
+    keys = pii_keys()
+    assert all(is_valid_id_number(keys.open_id_number(p["id_number_enc"]) or "") for p in patients)
+    assert all(p["id_number"] is None and p["phone"] is None for p in patients)  # stored encrypted only
     assert await db_conn.fetchval("SELECT count(*) FROM exam_order WHERE status = 'ordered'") == summary.orders
     assert summary.orders >= 140
     assert (

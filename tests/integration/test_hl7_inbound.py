@@ -15,6 +15,7 @@ import pytest
 from app.booking.service import BookItem
 from app.integrations import mllp
 from app.integrations.hl7.inbound import Hl7Inbound
+from app.security.crypto import pii_keys
 from app.services import Services
 from tests.helpers import actor_for, assert_redis_matches_postgres, future_day, open_slots
 
@@ -121,13 +122,19 @@ async def test_adt_registers_a_patient_named_in_gb18030_and_updates_him_in_utf8(
     assert str(ack.segment("MSH")[18]) == "GB18030" and "患者已登记".encode("gb18030") in body
     row = await services.pool.fetchrow("SELECT * FROM patient WHERE mrn = 'HL7-001'")
     assert (row["name"], row["gender"], str(row["birth_date"])) == ("张三丰", "M", "1980-01-01")
-    assert (row["phone"], row["id_number"]) == ("13812345678", ID_NUMBER)
+    keys = pii_keys(services.settings)
+    assert (keys.open_phone(row["phone_enc"]), keys.open_id_number(row["id_number_enc"])) == ("13812345678", ID_NUMBER)
+    assert (row["phone"], row["id_number"]) == (None, None)  # stored encrypted only
 
     a08 = message("ADT-2", "ADT^A08^ADT_A01", seg("EVN", {1: "A08"}), pid("HL7-001", "张^三丰", p13="13900001111"))
     ack, _ = await his.send(a08)
     assert msa(ack) == ("AA", "ADT-2", "患者信息已更新 / patient updated")
     row = await services.pool.fetchrow("SELECT * FROM patient WHERE mrn = 'HL7-001'")
-    assert (row["name"], row["phone"], row["id_number"]) == ("张三丰", "13900001111", ID_NUMBER)
+    assert (row["name"], keys.open_phone(row["phone_enc"]), keys.open_id_number(row["id_number_enc"])) == (
+        "张三丰",
+        "13900001111",
+        ID_NUMBER,
+    )
     audits = await services.pool.fetch(
         "SELECT actor_role, action, detail FROM audit_log WHERE patient_id = $1 ORDER BY id", row["id"]
     )
@@ -145,7 +152,7 @@ async def test_utf8_registration_keeps_the_patient_and_drops_an_invalid_id_numbe
     )
     assert msa(ack)[0] == "AA" and "欧阳" not in body.decode()
     row = await services.pool.fetchrow("SELECT * FROM patient WHERE mrn = 'HL7-002'")
-    assert (row["name"], row["gender"], row["id_number"]) == ("欧阳娜娜", "F", None)
+    assert (row["name"], row["gender"], row["id_number_enc"]) == ("欧阳娜娜", "F", None)
 
 
 async def test_new_order_is_created_once_however_often_it_is_sent(services: Services, his: Peer) -> None:

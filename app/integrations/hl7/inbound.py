@@ -32,6 +32,7 @@ from app.integrations.hl7.ack import build_ack, encode_ack
 from app.integrations.hl7.parse import CHARSETS, Header, Inbound, OrderIn, PatientIn, Rejection, parse
 from app.orders import lifecycle
 from app.security.actor import Actor
+from app.security.crypto import KeyRing, pii_keys
 from app.security.idcard import gender_of
 
 logger = logging.getLogger(__name__)
@@ -77,8 +78,11 @@ class Hl7Inbound:
         default_codec: str = "utf-8",
         default_department: str | None = None,
         clock: Callable[[], datetime] | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self.pool = pool
+        # ID numbers and phones are stored encrypted (default: the process environment's key ring).
+        self.keys = keys if keys is not None else pii_keys()
         self.booking = booking
         self.hospital_id = hospital_id
         self.tz = ZoneInfo(timezone)
@@ -261,7 +265,7 @@ class Hl7Inbound:
         if p.id_number_invalid:
             detail["id_number_invalid"] = True
             logger.warning("hl7: control=%s carries an invalid resident ID number (ignored)", h.control_id)
-        row = await hl7_repo.patient_by_mrn(conn, p.mrn)
+        row = await hl7_repo.patient_by_mrn(conn, self.keys, p.mrn)
         if row is None:
             missing = [f for f, v in (("PID-5", p.name), ("PID-7", p.birth_date)) if not v]
             if missing:
@@ -276,6 +280,7 @@ class Hl7Inbound:
             gender = p.gender or (gender_of(p.id_number) if p.id_number else "U")
             new_id = await hl7_repo.insert_patient(
                 conn,
+                self.keys,
                 hospital_id=self.hospital_id,
                 mrn=p.mrn,
                 name=p.name,
@@ -290,7 +295,7 @@ class Hl7Inbound:
                     conn, actor, "hl7", "patient", str(new_id), new_id, {**detail, "created": True, "fields": fields}
                 )
                 return new_id, "患者已登记 / patient registered"
-            row = await hl7_repo.patient_by_mrn(conn, p.mrn)  # registered by a concurrent message
+            row = await hl7_repo.patient_by_mrn(conn, self.keys, p.mrn)  # registered by a concurrent message
             assert row is not None
         if row["hospital_id"] != self.hospital_id:
             raise _refused(204, "该病历号属于其他医院", "the MRN belongs to another hospital", "PID", 3)
@@ -305,7 +310,7 @@ class Hl7Inbound:
         changes = {f: v for f, v in wanted.items() if (v is not None or f in ("id_number", "phone")) and v != row[f]}
         if not changes:
             return patient_id, "患者信息无变化 / no change"
-        await hl7_repo.update_patient(conn, patient_id, changes)
+        await hl7_repo.update_patient(conn, self.keys, patient_id, changes)
         await audit(
             conn,
             actor,
