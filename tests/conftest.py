@@ -7,7 +7,9 @@ one, or one with the demo hospital and its slots), and its own Redis key prefix.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,8 +21,10 @@ import redis.asyncio as aioredis
 
 from app.db.migrate import migrate
 from app.db.pool import connect
+from app.demo.data import PATIENTS
 from app.demo.seed import seed_demo
 from app.embedded import EmbeddedServers, database_url
+from app.security.idcard import is_valid_id_number
 from app.services import Services
 from app.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -172,3 +176,55 @@ async def services(
     await svc.pool_admin.generate()
     yield svc
     await svc.close()
+
+
+# -- no personal data in the logs ------------------------------------------------------------------
+#
+# Every record any logger emits during a test (INFO and up, before any masking filter) is scanned
+# for what must never be logged: a valid ID number, a mobile number, a patient's full name (the demo
+# hospital's patients and the tests' own). A test whose code logged one fails.
+
+_ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
+_MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+_TEST_NAME = re.compile(r"测试患者\d+")
+_NAMES = sorted({p.name for p in PATIENTS if len(p.name) >= 2}, key=len, reverse=True)
+
+
+def personal_data_in(text: str) -> list[str]:
+    found = [m for m in _ID_NUMBER.findall(text) if is_valid_id_number(m)]
+    found += _MOBILE.findall(text) + _TEST_NAME.findall(text)
+    found += [name for name in _NAMES if name in text]
+    return found
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture(autouse=True)
+def no_personal_data_in_logs() -> Iterator[None]:
+    root = logging.getLogger()
+    handler, level = _Records(), root.level
+    root.addHandler(handler)
+    root.setLevel(min(level, logging.INFO) if level else logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    leaks = []
+    for record in handler.records:
+        try:
+            text = record.getMessage()
+        except (TypeError, ValueError):
+            text = str(record.msg)
+        if record.exc_info:
+            text += logging.Formatter().formatException(record.exc_info)
+        for item in personal_data_in(text):
+            leaks.append(f"{record.name}: {item!r} in {text[:200]!r}")
+    assert not leaks, "personal data in log lines:\n" + "\n".join(leaks[:20])

@@ -41,14 +41,16 @@ async def _patient(call: Call) -> dict[str, Any]:
     return _summary(row, call.staff)
 
 
-class LookupQuery(msgspec.Struct, forbid_unknown_fields=True):
-    card: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]  # visit card, its barcode, or ID number
+class LookupBody(msgspec.Struct, forbid_unknown_fields=True):
+    # Visit card, its barcode, or ID number: in the body, never in the URL (which proxies and
+    # access logs keep).
+    card: Annotated[str, msgspec.Meta(min_length=1, max_length=32)]
 
 
 async def lookup(call: Call) -> dict[str, Any]:
     """Find a patient by what the desk scans or types: the visit card (its barcode carries the
     same number) or the ID number (checked against its checksum first)."""
-    q: LookupQuery = call.query
+    q: LookupBody = call.body
     card = q.card.strip()
     id_number = checked_id_number(card) if len(card) == 18 else None
     keys = pii_keys(call.services.settings)
@@ -82,10 +84,11 @@ routes = [
     api_route(
         "/api/v1/patients/lookup",
         lookup,
+        methods=("POST",),
         roles=frozenset({"doctor", "nurse", "clerk", "sys_admin"}),
-        summary="Find a patient by visit card / barcode or ID number (masked, audited)",
+        summary="Find a patient by visit card / barcode or ID number, given in the body (masked, audited)",
         tag="patients",
-        query=LookupQuery,
+        body=LookupBody,
     ),
     api_route(
         "/api/v1/patients/{patient_id:int}/orders",

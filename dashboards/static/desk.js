@@ -179,8 +179,11 @@
     ev.preventDefault();
     const card = ev.target.card.value.trim();
     if (!card) return;
-    try { await show(await api('/api/v1/patients/lookup?card=' + encodeURIComponent(card))); ev.target.card.value = ''; }
-    catch (e) { $('#msg').textContent = e.message; $('#patient').hidden = true; }
+    // The card or ID number goes in the body: a URL ends up in proxies' and servers' logs.
+    const r = await post('/api/v1/patients/lookup', { card });
+    if (r.ok) { await show(r.body); ev.target.card.value = ''; return; }
+    $('#msg').textContent = r.body.title || '查询失败';
+    $('#patient').hidden = true;
   };
 
   $('#propose').onclick = async () => {

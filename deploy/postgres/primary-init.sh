@@ -14,11 +14,11 @@ set -euo pipefail
 
 psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname postgres \
      -v repl_pw="$REPLICATION_PASSWORD" -v owner_pw="$HY_DB_OWNER_PASSWORD" -v app_pw="$HY_DB_APP_PASSWORD" <<'SQL'
-CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD :'repl_pw';
+CREATE ROLE replicator WITH LOGIN REPLICATION PASSWORD :'repl_pw';  -- secret-scan: allow (psql variable)
 SELECT pg_create_physical_replication_slot('standby1');
 
-CREATE ROLE huiyue_owner LOGIN PASSWORD :'owner_pw';
-CREATE ROLE huiyue_app LOGIN PASSWORD :'app_pw' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;
+CREATE ROLE huiyue_owner LOGIN PASSWORD :'owner_pw';  -- secret-scan: allow (psql variable)
+CREATE ROLE huiyue_app LOGIN PASSWORD :'app_pw' NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION;  -- secret-scan: allow (psql variable)
 CREATE DATABASE huiyue OWNER huiyue_owner;
 
 \connect huiyue

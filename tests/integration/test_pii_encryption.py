@@ -67,7 +67,7 @@ async def test_desk_and_self_service_find_the_patient_through_the_blind_index(
 ) -> None:
     who = PATIENTS[6]
     clerk = {"authorization": f"Bearer {await token_for(services, 'clerk')}"}
-    r = await client.get("/api/v1/patients/lookup", params={"card": who.id_number.lower()}, headers=clerk)
+    r = await client.post("/api/v1/patients/lookup", json={"card": who.id_number.lower()}, headers=clerk)
     assert r.status_code == 200, r.text
     found = r.json()
     assert found["mrn"] == who.mrn

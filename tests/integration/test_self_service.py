@@ -46,14 +46,14 @@ async def test_the_desk_finds_a_patient_by_card_or_id_number(services: Services)
     app.state.services = services
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
         clerk = {"authorization": f"Bearer {await token_for(services, 'clerk')}"}
-        by_card = (await c.get("/api/v1/patients/lookup", params={"card": who.mrn}, headers=clerk)).json()
-        by_id = (await c.get("/api/v1/patients/lookup", params={"card": who.id_number}, headers=clerk)).json()
+        by_card = (await c.post("/api/v1/patients/lookup", json={"card": who.mrn}, headers=clerk)).json()
+        by_id = (await c.post("/api/v1/patients/lookup", json={"card": who.id_number}, headers=clerk)).json()
         assert by_card["id"] == by_id["id"] and by_card["mrn"] == who.mrn
         assert who.name not in str(by_card) and who.id_number not in str(by_card)  # masked
-        r = await c.get("/api/v1/patients/lookup", params={"card": "NO-SUCH-CARD"}, headers=clerk)
+        r = await c.post("/api/v1/patients/lookup", json={"card": "NO-SUCH-CARD"}, headers=clerk)
         assert r.status_code == 404 and "未找到" in r.json()["title"]
         patient = {"authorization": f"Bearer {await token_for(services, 'patient')}"}
-        assert (await c.get("/api/v1/patients/lookup", params={"card": who.mrn}, headers=patient)).status_code == 403
+        assert (await c.post("/api/v1/patients/lookup", json={"card": who.mrn}, headers=patient)).status_code == 403
 
 
 async def test_self_service_changes_stop_before_the_exam_the_booking_centre_can_still(services: Services) -> None:
