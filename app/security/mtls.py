@@ -12,8 +12,8 @@ no ``extensions["tls"]`` (the ASGI TLS extension). Two ways in, both read by ``p
    from the connection's SSL object (``getpeercert``: only a certificate that passed the handshake's
    verification is there). Pass it as uvicorn's ``http=`` when serving TLS with a client CA. It
    relies on uvicorn's protocol internals (``transport``, ``scope`` built in ``on_message_begin``):
-   re-check it when upgrading uvicorn (the tests cover `tls_extension` with a stand-in SSL object,
-   not a real handshake).
+   re-check it when upgrading uvicorn (tests/integration/test_transport_security.py runs a real
+   handshake with the demo CA's client certificate).
 2. A TLS-terminating proxy (nginx ``ssl_verify_client optional``, never ``optional_no_ca``) that
    forwards the verified certificate, URL-encoded PEM (nginx ``$ssl_client_escaped_cert``), in a
    header: trusted only when ``MtlsSettings.proxy_header`` is set AND the TCP peer is one of

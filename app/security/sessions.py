@@ -344,7 +344,7 @@ class SessionManager:
         user = await auth_security_repo.user_by_id(self.pool, row["user_id"])
         assert user is not None
         self._locked(user, now)
-        secret = user["totp_secret"]
+        secret = totp.unseal(user["totp_secret"]) if user["totp_secret"] else None
         step = totp.verify(secret, code, now.timestamp(), user["totp_last_step"]) if secret else None
         if step is None or not await auth_security_repo.use_totp_step(self.pool, user["id"], step):
             logger.info("second factor refused for user %s", user["id"])
@@ -508,7 +508,7 @@ class SessionManager:
         if user["totp_secret"]:
             raise Conflict("该账号已绑定动态口令，如需更换请联系系统管理员", detail="totp already enrolled")
         secret = totp.new_secret()
-        await auth_security_repo.set_totp_pending(self.pool, user["id"], secret)
+        await auth_security_repo.set_totp_pending(self.pool, user["id"], totp.seal(secret))
         return TotpEnrolment(secret, totp.provisioning_uri(secret, user["username"]))
 
     async def confirm_totp(self, actor: Actor, token: str, code: str) -> None:
@@ -519,13 +519,13 @@ class SessionManager:
         user = await auth_security_repo.user_by_id(self.pool, actor.user_id)
         if user is None:
             raise NotAuthenticated(MSG_EXPIRED, detail="account gone")
-        secret = user["totp_pending_secret"]
-        if not secret:
+        stored = user["totp_pending_secret"]
+        if not stored:
             raise Conflict("请先获取动态口令绑定信息", detail="no pending totp enrolment")
-        step = totp.verify(secret, code, now.timestamp())
+        step = totp.verify(totp.unseal(stored), code, now.timestamp())
         if step is None:
             raise ValidationFailed("动态口令不正确，请输入验证器上的最新6位数字", detail="bad totp code")
-        if not await auth_security_repo.activate_totp(self.pool, user["id"], secret, step):
+        if not await auth_security_repo.activate_totp(self.pool, user["id"], stored, step):
             raise Conflict("绑定信息已变化，请重新获取", detail="pending secret replaced meanwhile")
         digest = token_hash(token)
         await auth_security_repo.lift_restriction(self.pool, digest)

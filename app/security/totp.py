@@ -5,8 +5,8 @@ Authenticator, 阿里云 / 腾讯身份验证器) expect from an ``otpauth://tot
 Standard library only. A code is accepted once: the caller records the step it matched and refuses
 that step or an earlier one next time (``verify`` takes ``last_step``).
 
-The secret is stored as it is (base32 text in ``staff_user.totp_secret``): encrypting it at rest with
-the field encryption of app/security/crypto.py is a follow-up (see sql/0016_staff_security.sql).
+The secret is stored encrypted (``seal`` / ``unseal``: AES-GCM under the personal-data key ring of
+app/security/crypto.py, field "totp"), as text in ``staff_user.totp_secret`` / ``totp_pending_secret``.
 """
 
 from __future__ import annotations
@@ -72,3 +72,22 @@ def provisioning_uri(secret: str, account: str, issuer: str = ISSUER) -> str:
     label = quote(f"{issuer}:{account}", safe=":@")
     query = urlencode({"secret": secret, "issuer": issuer, "algorithm": "SHA1", "digits": DIGITS, "period": STEP_S})
     return f"otpauth://totp/{label}?{query}"
+
+
+SEALED = "enc:"
+
+
+def seal(secret: str) -> str:
+    """The secret as stored: encrypted with the current key, as text."""
+    from app.security.crypto import pii_keys
+
+    return SEALED + base64.b64encode(pii_keys().encrypt("totp", secret)).decode()
+
+
+def unseal(stored: str) -> str:
+    """The secret from its stored form (a secret stored before encryption is read as it is)."""
+    if not stored.startswith(SEALED):
+        return stored
+    from app.security.crypto import pii_keys
+
+    return pii_keys().decrypt("totp", base64.b64decode(stored[len(SEALED) :]))

@@ -209,6 +209,9 @@ async def test_totp_enrolment_then_login_in_two_steps(
     )
     assert r.status_code == 200, r.text
     problem(await client.post("/api/v1/auth/totp/enrol", headers=bearer(token)), 409, "conflict")
+    stored = await services.pool.fetchval("SELECT totp_secret FROM staff_user WHERE username = 'admin'")
+    assert stored.startswith(totp.SEALED) and secret not in stored  # encrypted at rest
+    assert totp.unseal(stored) == secret
 
     clock.advance(seconds=60)
     step1 = (await client.post("/api/v1/auth/login", json={"username": "admin", "password": DEMO_PASSWORD})).json()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 import orjson
 import pytest
 import uvicorn
@@ -25,7 +26,7 @@ from starlette.routing import Route
 
 from app.api.pages import _ASSETS, PAGES
 from app.main import create_app
-from app.security.headers import SecurityHeadersMiddleware, install
+from app.security.headers import SecurityHeadersMiddleware
 from app.security.tls import TlsConfigError, uvicorn_ssl_options
 from app.security.web_settings import WebSecuritySettings, web_security_settings
 from app.services import Services
@@ -40,9 +41,10 @@ HIS = "https://his.example:8443"
 
 
 def secured_app(services: Services, web: WebSecuritySettings | None = None) -> Starlette:
-    """The app as app/main.py builds it, with the security middleware installed around it."""
-    app = create_app(services.settings, "", "", background=False, services=services)
-    install(app, web or WebSecuritySettings())
+    """The app as app/main.py builds it (create_app installs the security middleware), with `web`
+    as its web-security settings."""
+    settings = msgspec.structs.replace(services.settings, web=web or WebSecuritySettings())
+    app = create_app(settings, "", "", background=False, services=services)
     app.state.services = services  # ASGITransport does not run the lifespan
     return app
 
@@ -423,3 +425,46 @@ async def test_a_cross_origin_websocket_with_the_session_cookie_is_refused(servi
         async with websockets.connect(url, origin=base, additional_headers={"cookie": f"hy_session={token}"}) as ws:
             await ws.send(orjson.dumps({"type": "auth", "token": token}).decode())
             assert orjson.loads(await asyncio.wait_for(ws.recv(), 10))["type"] == "snapshot"
+
+
+async def test_a_system_calls_with_its_client_certificate_and_acts_as_its_account(
+    services: Services, demo_certs: Path
+) -> None:
+    """Mutual TLS through a real handshake: uvicorn verifies the certificate against the hospital
+    CA, TlsHttpToolsProtocol hands it to the app, its fingerprint names an interface account."""
+    from app.security.mtls import TlsHttpToolsProtocol, fingerprint
+
+    pem = (demo_certs / "client.pem").read_text()
+    user_id = await services.pool.fetchval(
+        """INSERT INTO staff_user (hospital_id, username, display_name, password_hash)
+           VALUES ('h1', 'ris-system', '放射信息系统', '!') RETURNING id"""
+    )
+    await services.pool.execute("INSERT INTO staff_role (user_id, role_code) VALUES ($1, 'interface')", user_id)
+    await services.pool.execute(
+        "INSERT INTO client_certificate (fingerprint_sha256, subject, user_id) VALUES ($1, 'CN=ris', $2)",
+        fingerprint(ssl.PEM_cert_to_DER_cert(pem)),
+        user_id,
+    )
+    web = web_security_settings(
+        {
+            "HY_TLS_CERT": str(demo_certs / "server.pem"),
+            "HY_TLS_KEY": str(demo_certs / "server.key"),
+            "HY_TLS_CA": str(demo_certs / "ca.pem"),
+        }
+    )
+    mutual = ssl.create_default_context(cafile=str(demo_certs / "ca.pem"))
+    mutual.load_cert_chain(str(demo_certs / "client.pem"), str(demo_certs / "client.key"))
+    trust = ssl.create_default_context(cafile=str(demo_certs / "ca.pem"))
+    async with serve_secured(services, web, http=TlsHttpToolsProtocol, **uvicorn_ssl_options(web)) as base:
+        async with httpx.AsyncClient(verify=mutual) as c:
+            me = await c.get(base + "/api/v1/auth/me")  # no token: the certificate is the credential
+            assert me.status_code == 200, me.text
+            assert me.json()["username"] == "ris-system" and me.json()["roles"] == ["interface"]
+            # The account's roles are all it may do.
+            assert (await c.get(base + "/api/v1/admin/live")).status_code == 403
+        async with httpx.AsyncClient(verify=trust) as c:  # the same call without a certificate
+            assert (await c.get(base + "/api/v1/auth/me")).status_code == 401
+        await services.pool.execute("UPDATE client_certificate SET active = false WHERE user_id = $1", user_id)
+        services.sessions.certificates._cache.clear()  # what the 60 s answer cache would do by itself
+        async with httpx.AsyncClient(verify=mutual) as c:  # revoked: the row is the revocation list
+            assert (await c.get(base + "/api/v1/auth/me")).status_code == 401
