@@ -11,7 +11,7 @@ import msgspec
 from app.api.routing import Call, api_route
 from app.booking.service import check_patient_access
 from app.db import patient_repo
-from app.errors import NotFound
+from app.errors import Forbidden, NotFound
 from app.security.actor import Actor
 from app.security.crypto import pii_keys
 from app.security.identity import checked_id_number
@@ -32,9 +32,21 @@ def _summary(p: patient_repo.PatientPii, actor: Actor) -> dict[str, Any]:
     }
 
 
+async def _check_ward(actor: Actor, call: Call, patient_id: int) -> None:
+    """A ward nurse (with no desk or clinical role besides) sees the patients of her own ward: those
+    with an inpatient order from it."""
+    if "nurse" not in actor.roles or actor.roles & {"doctor", "clerk", "sys_admin"}:
+        return
+    if actor.department_id is None or not await patient_repo.in_ward(
+        call.services.pool, patient_id, actor.department_id
+    ):
+        raise Forbidden("只能查看本病区住院患者的检查", detail="patient not in the nurse's ward")
+
+
 async def _patient(call: Call) -> dict[str, Any]:
     patient_id = call.path_int("patient_id")
     check_patient_access(call.staff, patient_id)
+    await _check_ward(call.staff, call, patient_id)
     row = await patient_repo.patient_with_pii(call.services.pool, pii_keys(call.services.settings), patient_id)
     if row is None:
         raise NotFound("患者不存在", detail=f"patient {patient_id} not found")

@@ -241,3 +241,16 @@ async def protect_database(
         return report
     finally:
         await conn.close()
+
+
+async def in_ward(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int, ward_id: str) -> bool:
+    """Whether the patient has an inpatient order from the ward."""
+    async with database_errors():
+        return bool(
+            await conn.fetchval(
+                """SELECT EXISTS (SELECT 1 FROM exam_order
+                                   WHERE patient_id = $1 AND ward_id = $2 AND patient_class = 'inpatient')""",
+                patient_id,
+                ward_id,
+            )
+        )

@@ -135,3 +135,43 @@ async def _close_code(ws: websockets.ClientConnection) -> int | None:
             await asyncio.wait_for(ws.recv(), 10)
     except websockets.ConnectionClosed:
         return ws.close_code
+
+
+async def test_object_level_checks_hold_beyond_the_route_table(services: Services) -> None:
+    """Roles the route allows, refused for objects that are not theirs: a patient another patient's
+    records, a department admin another department's pools, a technician another department's
+    room, a department head another department's statistics, a nurse another ward's patient."""
+    from app.demo.data import PATIENTS
+
+    app = create_app(services.settings, "", "", background=False, services=services)
+    app.state.services = services
+    tokens = {u: await token_for(services, u) for u in ("patient", "deptadmin", "tech", "depthead", "nurse")}
+    me = await services.pool.fetchval("SELECT patient_id FROM staff_user WHERE username = 'patient'")
+    other = await services.pool.fetchval("SELECT id FROM patient WHERE mrn = $1", PATIENTS[5].mrn)
+    assert me != other
+    inpatient = await services.pool.fetchval(
+        """SELECT o.patient_id FROM exam_order o JOIN staff_user u ON u.department_id = o.ward_id
+            WHERE u.username = 'nurse' AND o.patient_class = 'inpatient' LIMIT 1"""
+    )
+    assert inpatient is not None and inpatient != other
+    us_template = await services.pool.fetchval(
+        "SELECT t.id FROM slot_template t JOIN resource r ON r.id = t.resource_id WHERE r.department_id = 'US' LIMIT 1"
+    )
+    cases = [
+        ("patient", "GET", f"/api/v1/patients/{other}/orders", None, 403),
+        ("patient", "GET", f"/api/v1/patients/{me}/orders", None, 200),
+        ("deptadmin", "GET", "/api/v1/admin/templates?resource_id=US01", None, 403),
+        ("deptadmin", "GET", "/api/v1/admin/templates?resource_id=CT1", None, 200),
+        ("deptadmin", "PUT", f"/api/v1/admin/templates/{us_template}", {"capacity": 2, "quotas": {}}, 403),
+        ("tech", "GET", "/api/v1/queues/US01", None, 403),
+        ("tech", "GET", "/api/v1/queues/CT1", None, 200),
+        ("depthead", "GET", "/api/v1/stats/export?from=2026-01-01&to=2026-01-31&department=US", None, 403),
+        ("nurse", "GET", f"/api/v1/patients/{other}/orders", None, 403),  # not an inpatient of her ward
+        ("nurse", "GET", f"/api/v1/patients/{inpatient}/orders", None, 200),
+    ]
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as client:
+        for user, method, path, body, expected in cases:
+            r = await client.request(method, path, json=body, headers={"authorization": f"Bearer {tokens[user]}"})
+            assert r.status_code == expected, (user, method, path, r.status_code, r.text[:200])
+            if expected == 403:
+                assert not r.json()["detail"].startswith("route needs"), (user, path)  # the object, not the role
