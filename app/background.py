@@ -1,7 +1,8 @@
 """Background roles run inside the app process in the default set-up: the hold reaper, the
-rebuild of days and room queues whose Redis update failed, the release of reserved quotas at their
-set time, the no-show sweep with the credit rule, and (a task of its own) patient notices: the
-reminder and notice sweeps and the delivery of the outbox to the SMS / WeChat gateway.
+rebuild of days whose index vanished from Redis (back empty) and of days and room queues whose
+Redis update failed, the release of reserved quotas at their set time, the no-show sweep with the
+credit rule, and (a task of its own) patient notices: the reminder and notice sweeps and the
+delivery of the outbox to the SMS / WeChat gateway.
 Production can run them as `python -m app worker`."""
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ logger = logging.getLogger(__name__)
 
 
 async def sweep_once(services: Services) -> None:
+    # Redis back empty (restart without persistence, failover to an empty server): rebuild the
+    # vanished days first, so the reaper and the repairs below work on a whole index.
+    await services.reconciler.reconcile_missing()
     await services.reconciler.reconcile_dirty()
     report = await reap_expired(
         services.pool, services.store, services.reconciler, int(time.time() * 1000), publisher=services.publisher

@@ -137,7 +137,9 @@ class ServiceUnavailable(AppError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
+    title = "系统暂时无法访问数据库，请稍后重试；如不确定是否已预约，请先查询预约记录"
 
 
 class CacheUnavailable(ServiceUnavailable):
     code = "cache_unavailable"
+    title = "号源服务暂时不可用，本次操作未完成，请稍后重试"

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import asyncpg
 
-from app.booking.slot_store import SlotStore
+from app.booking.slot_store import SlotStore, redis_errors
 from app.db import booking_repo
 from app.errors import AppError
 from realtime.publisher import EventPublisher
@@ -53,10 +53,32 @@ class Reconciler:
         """Replace the day's index with PostgreSQL's state; returns the number of slots written."""
         index = await booking_repo.day_index(self.pool, self.hospital_id, day)
         await self.store.replace_day(index)
+        await self._drop_dead_hold_ids(day)
         self.dirty.discard(day)
         if self.publisher is not None:
             await self.publisher.slots_changed(day, [s.slot_id for s in index.slots], "reconciled")
         return len(index.slots)
+
+    async def _drop_dead_hold_ids(self, day: date) -> int:
+        """A rebuilt day has no holds: their hashes were among the day's keys, which the rebuild
+        replaced. Their ids stay in the day's `holds` set, though (it is not among them), and the
+        reaper would claim them again every lease, for ever, as "vanished". Drop the ids whose hash
+        is gone: a grab writes a hold's hash and its id in one script, and confirm and release
+        delete both, so an id without a hash belongs to no live hold."""
+        k = self.store.keys.day(day)
+        async with redis_errors():
+            raw = await self.store.client.zrange(k.holds, 0, -1)
+            ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+            if not ids:
+                return 0
+            async with self.store.client.pipeline(transaction=False) as pipe:
+                for hold_id in ids:
+                    pipe.exists(k.hold(hold_id))
+                found = await pipe.execute()
+            dead = [hold_id for hold_id, n in zip(ids, found, strict=True) if not n]
+            if dead:
+                await self.store.client.zrem(k.holds, *dead)
+        return len(dead)
 
     async def reconcile_day_safely(self, day: date) -> None:
         try:
@@ -73,6 +95,29 @@ class Reconciler:
         days = set(self.horizon())
         days |= set(await booking_repo.days_with_slots(self.pool, self.hospital_id, min(days), max(days)))
         return {day: await self.reconcile_day(day) for day in sorted(days)}
+
+    async def missing_days(self) -> list[date]:
+        """The horizon's days whose index is gone: no version key. Only reconcile writes `…:ver`
+        (a grab on an empty day is refused NO_SLOT and writes nothing), so a day without one was
+        never built in this Redis — a restart without persistence, a FLUSHDB, a failover to a
+        server that never had it. One pipeline for the whole horizon."""
+        days = self.horizon()
+        async with redis_errors(), self.store.client.pipeline(transaction=False) as pipe:
+            for day in days:
+                pipe.exists(self.store.keys.day(day).version)
+            found = await pipe.execute()
+        return [day for day, n in zip(days, found, strict=True) if not n]
+
+    async def reconcile_missing(self) -> list[date]:
+        """Rebuild from PostgreSQL every horizon day whose index vanished (see `missing_days`);
+        the background sweep calls this, so Redis back empty heals itself within one interval."""
+        missing = await self.missing_days()
+        if not missing:
+            return []
+        logger.warning("redis index missing for %d day(s) from %s: rebuilding from postgres", len(missing), missing[0])
+        for day in missing:
+            await self.reconcile_day_safely(day)
+        return [day for day in missing if day not in self.dirty]
 
     async def reconcile_dirty(self) -> list[date]:
         done = []

@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -72,7 +74,69 @@ async def _light_reset(conn: asyncpg.Connection) -> None:
     per booking -- is skipped. asyncpg still rolls back any transaction left open."""
 
 
+# -- host lists (primary + hot standby, docs/failover.md) --------------------------------------
+#
+# DATABASE_URL may name several servers, libpq style:
+#   postgresql://huiyue@db1:5432,db2:5432/huiyue?target_session_attrs=read-write
+# asyncpg tries them in order and keeps the first that accepts writes, but under ONE timeout for
+# the whole list (60 s by default): a first host that does not answer at all (a hung or vanished
+# machine: no refusal, just silence) uses it up, and the promoted standby behind it is never
+# tried. So a host list is tried here one host at a time, each with its own timeout, as libpq
+# does with connect_timeout. `connect_timeout` (seconds, per host) may be given in the URL;
+# asyncpg would otherwise send it to the server as a setting, so it is taken out.
+
+CONNECT_TIMEOUT_S = 5.0  # per host of a host list, unless the URL says connect_timeout=
+_TRY_NEXT_HOST = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
+
+
+def split_hosts(dsn: str) -> tuple[list[str], float | None]:
+    """The URL as one single-host URL per server of its host list, in order, and the per-host
+    connect timeout it asks for (None: not given). A URL of one host (or the socket form
+    postgresql://user@/db?host=/dir) comes back as it is."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    timeout = None
+    for name, value in query:
+        if name == "connect_timeout":
+            try:
+                timeout = float(value)
+            except ValueError as exc:
+                raise ValueError(f"connect_timeout must be a number of seconds, got {value!r}") from exc
+    if timeout is not None:
+        query = [(n, v) for n, v in query if n != "connect_timeout"]
+        parts = parts._replace(query=urlencode(query))
+    userinfo, at, hostlist = parts.netloc.rpartition("@")
+    if "," not in hostlist:
+        return [urlunsplit(parts)], timeout
+    hosts = [h for h in hostlist.split(",") if h]
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{host}")) for host in hosts], timeout
+
+
+async def _connect_in_turn(dsn: str, **kwargs: Any) -> asyncpg.Connection:
+    """Connect to the first server of the URL's host list that answers in time and matches its
+    target_session_attrs (checked by asyncpg on each single-host URL); raises the last failure."""
+    urls, timeout = split_hosts(dsn)
+    per_host = CONNECT_TIMEOUT_S if timeout is None else timeout
+    last: BaseException | None = None
+    for n, url in enumerate(urls, 1):
+        try:
+            return await asyncpg.connect(url, timeout=per_host, **kwargs)
+        except _TRY_NEXT_HOST as exc:  # refused, silent, read-only, starting up, shutting down...
+            logger.info("database host %d of %d not usable: %s", n, len(urls), type(exc).__name__)
+            last = exc
+    assert last is not None
+    raise last
+
+
+def _needs_own_connect(dsn: str) -> bool:
+    urls, timeout = split_hosts(dsn)
+    return len(urls) > 1 or timeout is not None
+
+
 async def create_pool(settings: DatabaseSettings, dsn: str) -> asyncpg.Pool:
+    # A connection the server dropped (a failover: the old primary is gone) is replaced on its
+    # next acquire, through the host list: by then the promoted standby is the one that accepts
+    # writes. The query that met the dead connection is answered 503 (DatabaseUnavailable).
     async with database_errors():
         pool = await asyncpg.create_pool(
             dsn,
@@ -81,6 +145,7 @@ async def create_pool(settings: DatabaseSettings, dsn: str) -> asyncpg.Pool:
             command_timeout=settings.command_timeout_s,
             init=_init_connection,
             reset=_light_reset,
+            connect=_connect_in_turn if _needs_own_connect(dsn) else None,
         )
     assert pool is not None
     return pool
@@ -88,7 +153,7 @@ async def create_pool(settings: DatabaseSettings, dsn: str) -> asyncpg.Pool:
 
 async def connect(dsn: str) -> asyncpg.Connection:
     async with database_errors():
-        conn = await asyncpg.connect(dsn)
+        conn = await (_connect_in_turn(dsn) if _needs_own_connect(dsn) else asyncpg.connect(dsn))
     await _init_connection(conn)
     return conn
 
