@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from app.envvars import env_flag, env_int
 from app.integrations.dicom.settings import DicomSettings, dicom_settings
 from app.integrations.hl7.inbound_settings import Hl7InboundSettings, hl7_inbound_settings
 from app.integrations.outbound.settings import OutboundSettings, outbound_settings
@@ -95,54 +96,33 @@ class Settings(msgspec.Struct, frozen=True):
         return self.database.url is None or self.redis.url is None
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _flag(env: Mapping[str, str], name: str) -> bool | None:
-    raw = env.get(name, "").strip().lower()
-    if raw == "":
-        return None
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"{name} must be 1 or 0, got {raw!r}")
-
-
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
     return Settings(
         database=DatabaseSettings(
             url=env.get("DATABASE_URL") or None,
-            pool_min=_int(env, "HY_DB_POOL_MIN", 2),
-            pool_max=_int(env, "HY_DB_POOL_MAX", 20),
+            pool_min=env_int(env, "HY_DB_POOL_MIN", 2),
+            pool_max=env_int(env, "HY_DB_POOL_MAX", 20),
         ),
         redis=RedisSettings(
             url=env.get("REDIS_URL") or None,
             key_prefix=env.get("HY_REDIS_PREFIX", "hy"),
-            max_connections=_int(env, "HY_REDIS_MAX_CONNECTIONS", 64),
+            max_connections=env_int(env, "HY_REDIS_MAX_CONNECTIONS", 64),
         ),
         server=ServerSettings(
             host=env.get("HY_HOST", "127.0.0.1"),
-            port=_int(env, "HY_PORT", 8000),
-            workers=_int(env, "HY_WORKERS", 1),
+            port=env_int(env, "HY_PORT", 8000),
+            workers=env_int(env, "HY_WORKERS", 1),
             log_level=env.get("HY_LOG_LEVEL", "info"),
-            live_queue=_int(env, "HY_LIVE_QUEUE", 256),
+            live_queue=env_int(env, "HY_LIVE_QUEUE", 256),
         ),
         security=SecuritySettings(
-            session_ttl_s=_int(env, "HY_SESSION_TTL_S", 8 * 3600),
-            require_totp=_flag(env, "HY_REQUIRE_TOTP"),
-            single_session=_flag(env, "HY_SINGLE_SESSION"),
-            password_max_age_days=_int(env, "HY_PASSWORD_MAX_AGE_DAYS", 90),
-            rate_limits=_flag(env, "HY_RATE_LIMITS") is not False,
+            session_ttl_s=env_int(env, "HY_SESSION_TTL_S", 8 * 3600),
+            require_totp=env_flag(env, "HY_REQUIRE_TOTP"),
+            single_session=env_flag(env, "HY_SINGLE_SESSION"),
+            password_max_age_days=env_int(env, "HY_PASSWORD_MAX_AGE_DAYS", 90),
+            rate_limits=env_flag(env, "HY_RATE_LIMITS") is not False,
             mtls_proxy_header=env.get("HY_MTLS_PROXY_HEADER", ""),
             mtls_trusted_proxies=frozenset(
                 p.strip() for p in env.get("HY_MTLS_TRUSTED_PROXIES", "").split(",") if p.strip()
@@ -151,12 +131,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         booking=BookingSettings(
             hospital_id=env.get("HY_HOSPITAL_ID", "h1"),
             timezone=env.get("HY_TIMEZONE", "Asia/Shanghai"),
-            horizon_days=_int(env, "HY_HORIZON_DAYS", 14),
-            hold_ttl_s=_int(env, "HY_HOLD_TTL_S", 60),
+            horizon_days=env_int(env, "HY_HORIZON_DAYS", 14),
+            hold_ttl_s=env_int(env, "HY_HOLD_TTL_S", 60),
             self_change_cutoff_h=float(env.get("HY_SELF_CHANGE_CUTOFF_H", "2")),
-            queue_notify_threshold_min=_int(env, "HY_QUEUE_NOTIFY_MIN", 30),
-            queue_elderly_age=_int(env, "HY_QUEUE_ELDERLY_AGE", 70),
-            queue_child_age=_int(env, "HY_QUEUE_CHILD_AGE", 6),
+            queue_notify_threshold_min=env_int(env, "HY_QUEUE_NOTIFY_MIN", 30),
+            queue_elderly_age=env_int(env, "HY_QUEUE_ELDERLY_AGE", 70),
+            queue_child_age=env_int(env, "HY_QUEUE_CHILD_AGE", 6),
         ),
         data_dir=Path(env.get("HY_DATA_DIR") or PROJECT_ROOT / ".data"),
         environment=env.get("HY_ENV", "development"),

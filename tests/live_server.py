@@ -59,6 +59,15 @@ async def serve_app(services: Services) -> AsyncIterator[str]:
 @contextlib.asynccontextmanager
 async def worker_process(database_url: str, redis_url: str, prefix: str, **extra_env: str) -> AsyncIterator[str]:
     """`python -m app serve` as a separate process on the same databases (a second worker)."""
+    async with running_worker(database_url, redis_url, prefix, **extra_env) as (url, _):
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    database_url: str, redis_url: str, prefix: str, **extra_env: str
+) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
+    """Like `worker_process`, and hands over the process too (to kill it mid-work)."""
     sock = free_socket()
     port = sock.getsockname()[1]
     sock.close()
@@ -94,7 +103,7 @@ async def worker_process(database_url: str, redis_url: str, prefix: str, **extra
                 if time.monotonic() > deadline:
                     raise TimeoutError("worker did not become ready")
                 await asyncio.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:

@@ -8,6 +8,8 @@ from datetime import time
 
 import msgspec
 
+from app.envvars import env_float, env_int
+
 SENDERS = ("dev", "sms", "wechat")
 
 
@@ -35,26 +37,6 @@ class NotifySettings(msgspec.Struct, frozen=True):
     before_h: float = 2.0  # the reminder shortly before the exam
 
 
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {raw!r}") from None
-
-
 def _clock(env: Mapping[str, str], name: str, default: time) -> time:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -78,15 +60,15 @@ def notify_settings(env: Mapping[str, str]) -> NotifySettings:
         wechat_url=env.get("HY_WECHAT_URL", "") or WECHAT_TEMPLATE_URL,
         wechat_token=env.get("HY_WECHAT_TOKEN", ""),
         wechat_template_id=env.get("HY_WECHAT_TEMPLATE_ID", ""),
-        timeout_s=_float(env, "HY_NOTIFY_TIMEOUT_S", 5.0),
+        timeout_s=env_float(env, "HY_NOTIFY_TIMEOUT_S", 5.0),
         message_id_prefix=env.get("HY_NOTIFY_ID_PREFIX", "hy") or "hy",
-        batch_size=_int(env, "HY_NOTIFY_BATCH", 50),
-        concurrency=_int(env, "HY_NOTIFY_CONCURRENCY", 8),
-        max_rounds=_int(env, "HY_NOTIFY_MAX_ROUNDS", 20),
-        retry_base_s=_float(env, "HY_NOTIFY_RETRY_BASE_S", 5.0),
-        retry_cap_s=_float(env, "HY_NOTIFY_RETRY_CAP_S", 900.0),
+        batch_size=env_int(env, "HY_NOTIFY_BATCH", 50),
+        concurrency=env_int(env, "HY_NOTIFY_CONCURRENCY", 8),
+        max_rounds=env_int(env, "HY_NOTIFY_MAX_ROUNDS", 20),
+        retry_base_s=env_float(env, "HY_NOTIFY_RETRY_BASE_S", 5.0),
+        retry_cap_s=env_float(env, "HY_NOTIFY_RETRY_CAP_S", 900.0),
         evening_at=_clock(env, "HY_REMINDER_EVENING_AT", time(18, 0)),
-        before_h=_float(env, "HY_REMINDER_BEFORE_H", 2.0),
+        before_h=env_float(env, "HY_REMINDER_BEFORE_H", 2.0),
     )
     # Without a gateway URL every message would wait forever: say so now, not at the first send.
     if sender in ("sms", "wechat") and not settings.sms_url:

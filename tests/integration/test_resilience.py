@@ -21,11 +21,8 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -38,7 +35,6 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from app.background import sweep_once
 from app.booking.reaper import reap_expired
 from app.services import Services
-from app.settings import PROJECT_ROOT
 from tests.conftest import CloneDb, Servers, make_settings
 from tests.helpers import (
     assert_redis_matches_postgres,
@@ -47,7 +43,7 @@ from tests.helpers import (
     new_patients_with_orders,
     token_for,
 )
-from tests.live_server import free_socket, serve_app
+from tests.live_server import free_socket, running_worker, serve_app
 
 REDIS_SERVER = shutil.which("redis-server")
 CJK = range(0x4E00, 0xA000)
@@ -288,51 +284,6 @@ WORKER_SLOTS, WORKER_CAPACITY = 20, 10  # 200 places: the kill lands while booki
 HOLDS_AT_KILL, BOOKED_AT_KILL = 10, 20
 
 
-@contextlib.asynccontextmanager
-async def _killable_worker(
-    database_url: str, redis_url: str, prefix: str, **extra_env: str
-) -> AsyncIterator[tuple[str, subprocess.Popen[bytes]]]:
-    """Like tests.live_server.worker_process, but hands back the process too, to SIGKILL it."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "REDIS_URL": redis_url,
-        "HY_REDIS_PREFIX": prefix,
-        "HY_LOG_LEVEL": "warning",
-        "HY_DB_POOL_MIN": "1",
-        **extra_env,
-    }
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in the finally below
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once, readiness awaited without blocking
-        [sys.executable, "-m", "app", "serve", "--no-demo", "--port", str(port)],
-        cwd=PROJECT_ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=log,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        async with httpx.AsyncClient() as client:
-            while True:
-                if proc.poll() is not None:
-                    log.seek(0)
-                    raise RuntimeError(f"worker exited with {proc.returncode}: {log.read().decode()[-2000:]}")
-                with contextlib.suppress(httpx.HTTPError):
-                    if (await client.get(url + "/ready")).status_code == 200:
-                        break
-                if time.monotonic() > deadline:
-                    raise TimeoutError("worker did not become ready")
-                await asyncio.sleep(0.1)
-        yield url, proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        await asyncio.to_thread(proc.wait, 15)
-        log.close()
-
-
 def _kill_when_holds_are_live(
     proc: subprocess.Popen[bytes], redis_url: str, holds_key: str, slot_keys: list[str], seen: dict[str, int]
 ) -> None:
@@ -370,7 +321,7 @@ async def test_worker_sigkilled_mid_bookings_leaves_holds_the_reaper_clears(
 
     # A small pool makes commits queue behind one another, so many holds are in flight at the kill.
     async with (
-        _killable_worker(seeded_db.url, servers.redis, redis_prefix, HY_RATE_LIMITS="0", HY_DB_POOL_MAX="2") as (
+        running_worker(seeded_db.url, servers.redis, redis_prefix, HY_RATE_LIMITS="0", HY_DB_POOL_MAX="2") as (
             base,
             proc,
         ),

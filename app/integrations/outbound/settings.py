@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 import msgspec
 
+from app.envvars import env_float
 from app.integrations.hl7.siu import CHARSETS, Peer
 
 _NAME = re.compile(r"^[a-z0-9_-]{1,32}$")
@@ -70,16 +71,6 @@ def parse_peers(raw: str) -> tuple[Peer, ...]:
     return tuple(peers)
 
 
-def _number(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, got {raw!r}") from None
-
-
 def outbound_settings(env: Mapping[str, str]) -> OutboundSettings:
     """Build and check the outbound settings; a peer list that cannot work is refused at start-up."""
     settings = OutboundSettings(
@@ -87,13 +78,13 @@ def outbound_settings(env: Mapping[str, str]) -> OutboundSettings:
         sending_facility=env.get("HY_HL7_FACILITY", "") or env.get("HY_HOSPITAL_ID", "h1").upper(),
         processing_id=env.get("HY_HL7_PROCESSING_ID", "P") or "P",
         timezone=env.get("HY_TIMEZONE", "Asia/Shanghai") or "Asia/Shanghai",
-        batch_size=int(_number(env, "HY_OUTBOUND_BATCH", 20)),
-        max_rounds=int(_number(env, "HY_OUTBOUND_MAX_ROUNDS", 50)),
-        retry_base_s=_number(env, "HY_OUTBOUND_RETRY_BASE_S", 5.0),
-        retry_cap_s=_number(env, "HY_OUTBOUND_RETRY_CAP_S", 900.0),
-        max_refusals=int(_number(env, "HY_OUTBOUND_MAX_REFUSALS", 5)),
-        webhook_timeout_s=_number(env, "HY_WEBHOOK_TIMEOUT_S", 10.0),
-        interval_s=_number(env, "HY_OUTBOUND_INTERVAL_S", 2.0),
+        batch_size=int(env_float(env, "HY_OUTBOUND_BATCH", 20)),
+        max_rounds=int(env_float(env, "HY_OUTBOUND_MAX_ROUNDS", 50)),
+        retry_base_s=env_float(env, "HY_OUTBOUND_RETRY_BASE_S", 5.0),
+        retry_cap_s=env_float(env, "HY_OUTBOUND_RETRY_CAP_S", 900.0),
+        max_refusals=int(env_float(env, "HY_OUTBOUND_MAX_REFUSALS", 5)),
+        webhook_timeout_s=env_float(env, "HY_WEBHOOK_TIMEOUT_S", 10.0),
+        interval_s=env_float(env, "HY_OUTBOUND_INTERVAL_S", 2.0),
     )
     if settings.processing_id not in ("P", "T", "D"):
         raise ValueError(f"HY_HL7_PROCESSING_ID must be P, T or D, got {settings.processing_id!r}")
