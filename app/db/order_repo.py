@@ -162,17 +162,16 @@ async def check_in(
             mark,
             appt_at,
         )
-        await conn.execute(
-            "SELECT hy_transition($1, 'checked_in', $2, $3, $4, $5, $6, $7, $8, $9)",
-            order_id,
-            dict(moves),
-            appointment_id,
-            actor.user_id,
-            actor.role,
-            channel,
-            actor.terminal,
-            reason,
-            {"ticket": ticket, "resource_id": resource_id, "priority_class": priority_class},
+        await transition(
+            conn,
+            order_id=order_id,
+            event="checked_in",
+            moves=moves,
+            actor=actor,
+            channel=channel,
+            reason=reason,
+            appointment_id=appointment_id,
+            detail={"ticket": ticket, "resource_id": resource_id, "priority_class": priority_class},
         )
     assert row is not None
     return row

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from app.db import audit_repo
 from app.db.pool import connect, database_errors
-from app.security.actor import Actor
 from app.security.crypto import KeyRing
 
 # The columns PatientPii is read from: the encrypted ones, and the legacy plaintext ones for a row
@@ -95,28 +95,9 @@ async def appointments_of(conn: asyncpg.Connection | asyncpg.Pool, patient_id: i
         )
 
 
-async def audit(
-    conn: asyncpg.Connection | asyncpg.Pool,
-    actor: Actor,
-    action: str,
-    object_type: str,
-    object_id: str,
-    patient_id: int | None,
-    detail: dict[str, Any] | None = None,
-) -> None:
-    async with database_errors():
-        await conn.execute(
-            """INSERT INTO audit_log (actor_id, actor_role, action, object_type, object_id, patient_id, ip, detail)
-               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)""",
-            actor.user_id,
-            actor.role,
-            action,
-            object_type,
-            object_id,
-            patient_id,
-            actor.ip,
-            detail or {},
-        )
+# Audit rows of access to a patient's data: written by the audit log's one writer (who, role,
+# address, terminal, what), under the name the routes have always called.
+audit = audit_repo.record
 
 
 async def ward_inpatients(conn: asyncpg.Connection | asyncpg.Pool, ward_id: str) -> list[asyncpg.Record]:
