@@ -361,7 +361,10 @@ def main(argv: list[str] | None = None) -> int:
     dicom.add_argument("--host")
     dicom.add_argument("--port", type=int)
     args = parser.parse_args(argv)
-    settings = load_settings()
+    try:
+        settings = load_settings()
+    except ValueError as exc:  # a bad variable: one line naming it, not a traceback
+        raise SystemExit(f"configuration: {exc}") from None
     logging.basicConfig(
         level=settings.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

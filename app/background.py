@@ -1,8 +1,9 @@
 """Background roles run inside the app process in the default set-up: the hold reaper, the
-rebuild of days whose index vanished from Redis (back empty) and of days and room queues whose
-Redis update failed, the release of reserved quotas at their set time, the no-show sweep with the
-credit rule, and (a task of its own) patient notices: the reminder and notice sweeps and the
-delivery of the outbox to the SMS / WeChat gateway.
+rebuild of the whole index when another Redis server answers (a failover, a restart), of days
+whose index vanished from Redis (back empty) and of days and room queues whose Redis update
+failed, the release of reserved quotas at their set time, the no-show sweep with the credit rule,
+and (a task of its own) patient notices: the reminder and notice sweeps and the delivery of the
+outbox to the SMS / WeChat gateway.
 Production can run them as `python -m app worker`."""
 
 from __future__ import annotations
@@ -24,8 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 async def sweep_once(services: Services) -> None:
-    # Redis back empty (restart without persistence, failover to an empty server): rebuild the
-    # vanished days first, so the reaper and the repairs below work on a whole index.
+    # A different Redis server answering (a Sentinel failover, a restart): its copy may lack the
+    # last writes, so the horizon and today's loaded room queues are rebuilt from PostgreSQL.
+    # Then days whose index vanished (back empty, a FLUSHDB), so the reaper and the repairs below
+    # work on a whole index.
+    if await services.reconciler.reconcile_new_server():
+        await services.queues.mark_loaded_dirty(services.reconciler.today())
     await services.reconciler.reconcile_missing()
     await services.reconciler.reconcile_dirty()
     report = await reap_expired(

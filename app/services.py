@@ -4,10 +4,16 @@ them to the HTTP app, the CLI and the background roles. No module globals hold r
 from __future__ import annotations
 
 import logging
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.booking.keys import KeyBuilder
 from app.booking.pools import PoolAdmin
@@ -28,6 +34,7 @@ from app.planning.rule_service import RuleService
 from app.planning.ward import WardStation
 from app.queue.service import QueueService
 from app.queue.store import QueueStore
+from app.redis_url import SentinelUrl, parse_redis_url
 from app.security.crypto import pii_keys
 from app.security.devices import DeviceRegistry
 from app.security.identity import DemoHisAdapter, IdentityAdapter
@@ -44,6 +51,13 @@ logger = logging.getLogger(__name__)
 
 
 def create_redis(url: str, max_connections: int, timeout_s: float) -> aioredis.Redis:
+    """The process's one Redis client: on one server (redis://, rediss://, unix://), or on the
+    primary the Sentinels name (redis+sentinel://, app/redis_url.py), followed through failovers.
+    Either way at most `max_connections` connections, and a command waits up to `timeout_s` for a
+    free one rather than failing with "Too many connections"."""
+    sentinel = parse_redis_url(url)
+    if sentinel is not None:
+        return _sentinel_client(sentinel, max_connections, timeout_s)
     # A blocking pool waits for a free connection instead of failing with "Too many connections".
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
@@ -53,6 +67,89 @@ def create_redis(url: str, max_connections: int, timeout_s: float) -> aioredis.R
         socket_timeout=timeout_s,
     )
     return aioredis.Redis.from_pool(pool)  # the client owns the pool and closes it with itself
+
+
+class Sentinels(Sentinel):
+    """redis-py's Sentinel client, with a master discovery safe under concurrency.
+
+    redis-py 8.1 moves the Sentinel that answered to the head of its list by swapping
+    `sentinels[0]` with `sentinels[i]`, `i` taken before an await: when several connections are
+    opened at once (a failover under load), another discovery may have reordered the list
+    meanwhile, and the swap then puts one Sentinel in the list twice and drops another — whose
+    connections are never closed, and the list shrinks towards a single Sentinel. Here the list is
+    read from a snapshot and the answering Sentinel moved by identity, with no await in between."""
+
+    async def discover_master(self, service_name: str) -> tuple[str, int]:
+        errors = []
+        for sentinel in list(self.sentinels):
+            try:
+                masters = await sentinel.sentinel_masters()
+            except (RedisConnectionError, RedisTimeoutError) as exc:
+                errors.append(f"{sentinel} - {exc!r}")
+                continue
+            state = masters.get(service_name) if isinstance(masters, dict) else None
+            if state and self.check_master_state(state, service_name):
+                self.sentinels.remove(sentinel)
+                self.sentinels.insert(0, sentinel)
+                return str(state["ip"]), int(state["port"])
+        detail = f": {', '.join(errors)}" if errors else ""
+        raise MasterNotFoundError(f"No master found for {service_name!r}{detail}")
+
+
+class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPool):
+    """redis-py's Sentinel pool (each new connection asks the Sentinels for the primary's address;
+    a primary demoted to a replica answers READONLY and the connection is dropped) with the
+    blocking pool's wait for a free connection. It owns its Sentinel clients and closes them."""
+
+    sentinel_manager: Sentinels
+
+    async def get_master_address(self) -> Any:
+        before = self.master_address
+        address = await super().get_master_address()  # type: ignore[no-untyped-call]
+        if before is not None and address != before:
+            # Idle connections to the old primary were just dropped; busy ones fail on their next
+            # command. The background sweep sees the new server and rebuilds the index.
+            logger.warning("redis primary of %r moved from %s:%s to %s:%s", self.service_name, *before, *address)
+        return address
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self.sentinel_manager.aclose()
+
+
+def _sentinel_client(url: SentinelUrl, max_connections: int, timeout_s: float) -> aioredis.Redis:
+    logger.info(
+        "redis: the primary of %r, as %d Sentinel(s) name it: %s",
+        url.master,
+        len(url.sentinels),
+        ", ".join(f"{host}:{port}" for host, port in url.sentinels),
+    )
+    sentinel = Sentinels(  # type: ignore[no-untyped-call]
+        list(url.sentinels),
+        # No retries on a Sentinel: the next one in the list is asked instead.
+        sentinel_kwargs={
+            "username": url.sentinel_username,
+            "password": url.sentinel_password,
+            "socket_connect_timeout": timeout_s,
+            "socket_timeout": timeout_s,
+            "retry": Retry(NoBackoff(), 0),
+            "max_connections": max_connections,
+        },
+    )
+    client: aioredis.Redis = sentinel.master_for(
+        url.master,
+        connection_pool_class=BlockingSentinelPool,
+        max_connections=max_connections,
+        timeout=timeout_s,
+        db=url.db,
+        username=url.username,
+        password=url.password,
+        socket_connect_timeout=timeout_s,
+        socket_timeout=timeout_s,
+    )
+    return client
 
 
 class Services:

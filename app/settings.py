@@ -17,6 +17,7 @@ from app.integrations.dicom.settings import DicomSettings, dicom_settings
 from app.integrations.hl7.inbound_settings import Hl7InboundSettings, hl7_inbound_settings
 from app.integrations.outbound.settings import OutboundSettings, outbound_settings
 from app.notify.settings import NotifySettings, notify_settings
+from app.redis_url import parse_redis_url
 from app.security.crypto_settings import CryptoSettings, crypto_settings
 from app.security.web_settings import WebSecuritySettings, web_security_settings
 
@@ -31,7 +32,7 @@ class DatabaseSettings(msgspec.Struct, frozen=True):
 
 
 class RedisSettings(msgspec.Struct, frozen=True):
-    url: str | None  # None: start the embedded server
+    url: str | None  # None: start the embedded server; one server or Sentinels (app/redis_url.py)
     key_prefix: str = "hy"
     max_connections: int = 64
     pool_timeout_s: float = 5.0
@@ -99,6 +100,9 @@ class Settings(msgspec.Struct, frozen=True):
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
+    redis_url = env.get("REDIS_URL") or None
+    if redis_url is not None:
+        parse_redis_url(redis_url)  # a bad URL stops the process here, in one line (RedisUrlError)
     return Settings(
         database=DatabaseSettings(
             url=env.get("DATABASE_URL") or None,
@@ -106,7 +110,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             pool_max=env_int(env, "HY_DB_POOL_MAX", 20),
         ),
         redis=RedisSettings(
-            url=env.get("REDIS_URL") or None,
+            url=redis_url,
             key_prefix=env.get("HY_REDIS_PREFIX", "hy"),
             max_connections=env_int(env, "HY_REDIS_MAX_CONNECTIONS", 64),
         ),

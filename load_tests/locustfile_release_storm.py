@@ -5,6 +5,9 @@ the server answers.
         -u 200 -r 200 -t 20s --only-summary --csv out/book --host http://127.0.0.1:8000 BookingUser
     locust -f load_tests/locustfile_release_storm.py ... PingUser       # the /ping ceiling
 
+HY_OPEN_RATE_PER_USER=r paces each user to r bookings a second (an open arrival rate of users x r,
+as long as a booking answers within 1/r s; run_bench --open-rates).
+
 HY_STORM_FILE is JSON: {"pairs": [[patient_id, order_id], ...], "slot_ids": [...]}. Each pair is
 used once across all users of the process (a shared counter); a user stops when the pairs run out,
 and the run quits once every booking user has stopped (or at -t, whichever comes first).
@@ -29,7 +32,7 @@ from typing import Any
 import gevent
 import locust_final_stats  # noqa: F401 - registers the final --csv write
 from gevent.lock import Semaphore
-from locust import constant, task
+from locust import constant, constant_throughput, task
 from locust.contrib.fasthttp import FastHttpUser
 from locust.exception import StopUser
 
@@ -37,6 +40,9 @@ USERNAME = os.environ.get("HY_STORM_USER", "clerk")
 PASSWORD = os.environ.get("HY_STORM_PASSWORD", "Huiyue@2026")
 LOGIN_MODE = os.environ.get("HY_STORM_LOGIN", "shared")
 CHANNEL = "desk"
+# Open arrival (run_bench --open-rates): each user paces itself to this many bookings a second, so
+# many users together offer a fixed rate whatever the latency (0: as fast as the server answers).
+OPEN_RATE_PER_USER = float(os.environ.get("HY_OPEN_RATE_PER_USER") or 0)
 
 
 class _Shared:
@@ -91,7 +97,7 @@ def _login(user: FastHttpUser) -> str:
 class BookingUser(FastHttpUser):
     """Books one distinct pair per request into the bench slots, round-robin over the slots."""
 
-    wait_time = constant(0)
+    wait_time = constant_throughput(OPEN_RATE_PER_USER) if OPEN_RATE_PER_USER > 0 else constant(0)
     connection_timeout = 10.0
     network_timeout = 30.0
 

@@ -496,10 +496,16 @@ class Bench:
 
     # -- Locust ------------------------------------------------------------------------------
 
-    def locust(self, scenario: str, data: StormData | None = None) -> Run:
+    def locust(self, scenario: str, data: StormData | None = None, open_rate: float | None = None) -> Run:
+        """One Locust run; `open_rate` (bookings/s offered by `--open-users` paced users) instead of
+        users booking as fast as the server answers."""
         a = self.args
         prefix = self.workdir / f"locust_{scenario}"
         env = dict(os.environ)
+        users = a.users
+        if open_rate is not None:
+            users = a.open_users
+            env["HY_OPEN_RATE_PER_USER"] = f"{open_rate / users:.6f}"
         final_csv = Path(f"{prefix}_final_stats.csv")  # written at quit by locust_final_stats.py
         final_csv.unlink(missing_ok=True)
         env["HY_LOCUST_FINAL_CSV"] = str(final_csv)
@@ -516,9 +522,9 @@ class Bench:
             str(locustfile),
             "--headless",
             "-u",
-            str(a.users),
+            str(users),
             "-r",
-            str(a.users),
+            str(users if open_rate is None else max(1, users // 2)),
             "-t",
             f"{a.seconds}s",
             "--only-summary",
@@ -530,7 +536,8 @@ class Bench:
             "WARNING",
             *classes,
         ]
-        log(f"locust {scenario}: -u {a.users} -r {a.users} -t {a.seconds}s {locustfile.name} {' '.join(classes)}")
+        offered = "" if open_rate is None else f" (open arrival {open_rate:,.0f}/s)"
+        log(f"locust {scenario}: -u {users} -t {a.seconds}s {locustfile.name} {' '.join(classes)}{offered}")
         before = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
         proc = subprocess.run(
             cmd, capture_output=True, text=True, timeout=a.seconds + 90, check=False, env=env, cwd=ROOT
@@ -565,10 +572,10 @@ class Bench:
             run.full = int(full.get("Request Count") or 0)
             run.attempts = int(book.get("Request Count") or 0) + run.full
             run.exhausted = run.attempts >= len(data.pairs)
-            main = book if scenario == "booking" else agg  # storm: every attempt, booked or full
+            main = book if scenario != "storm" else agg  # storm: every attempt, booked or full
             if rows.get("login"):
                 run.notes.append(f"logins: {rows['login']['Request Count']} (HY_STORM_LOGIN=shared by default)")
-            if scenario == "booking" and run.exhausted:
+            if scenario != "storm" and run.exhausted:
                 run.notes.append("the users ran out of pairs before -t: raise --booking-rate-cap")
         run.p50_ms, run.p95_ms, run.p99_ms, run.max_ms = (
             pct(main, "50%"),
@@ -680,6 +687,28 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
             for n in r.notes if r else []:
                 print(f"   note ({r.scenario}): {n}")  # type: ignore[union-attr]
         summary[tool] = s
+    opens = [r for r in runs if r.scenario.startswith("open")]
+    if opens:
+        print("\n--- open arrival (Locust, paced users) " + "-" * 60)
+        print(
+            f"{'offered/s':>10}{'booked/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
+            f"{'p99 < 100 ms':>14}   invariant"
+        )
+        for r in opens:
+            offered = float(r.scenario[4:])
+            inv = r.invariant
+            ok = inv.get("ok") and inv.get("redis", {}).get("ok")
+            print(
+                f"{offered:>10,.0f}{r.bookings_per_s:>10,.0f}{_f(r.p50_ms, '.1f'):>9}{_f(r.p95_ms, '.1f'):>9}"
+                f"{_f(r.p99_ms, '.1f'):>9}{_f(r.max_ms, '.0f'):>9}{r.errors:>8,}"
+                f"{'yes' if (r.p99_ms or 1e9) < 100 else 'NO':>14}   {'OK' if ok else 'VIOLATION'}"
+            )
+            cpu = r.cpu_us_per(r.booked)
+            if cpu:
+                print("   CPU us per booking " + "  ".join(f"{k} {v:,.0f}" for k, v in cpu.items()))
+            summary.setdefault("open_arrival", []).append(
+                {"offered": offered, "booked_per_s": round(r.bookings_per_s, 1), "p99_ms": r.p99_ms, "errors": r.errors}
+            )
     for skipped in meta.get("skipped", []):
         print(f"\n{skipped}")
     print(line)
@@ -711,6 +740,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="attempts/s the wrk storm's patients must last for (wrk runs for a fixed time)",
     )
     p.add_argument("--tools", default="wrk,locust", help="comma-separated: wrk, locust")
+    p.add_argument("--workers", type=int, default=1, help="uvicorn worker processes of the server (default 1)")
+    p.add_argument(
+        "--open-rates",
+        default="",
+        help="comma-separated bookings/s to offer as an open arrival rate under Locust, e.g. 250,500,1000",
+    )
+    p.add_argument("--open-users", type=int, default=1000, help="paced Locust users of the open-arrival runs")
+    p.add_argument("--scenarios", default="ping,booking,storm", help="comma-separated subset of ping, booking, storm")
     p.add_argument("--keep", action="store_true", help="keep the hy_bench database and hybench:* keys")
     return p.parse_args(argv)
 
@@ -752,7 +789,7 @@ def main(argv: list[str] | None = None) -> int:
             # Thousands of bookings a second from one loopback address and a few accounts are the
             # point here, not abuse: the per-account and per-address limits stay out of the way.
             "HY_RATE_LIMITS": "0",
-            "HY_WORKERS": "1",
+            "HY_WORKERS": str(args.workers),
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -789,18 +826,30 @@ def main(argv: list[str] | None = None) -> int:
         bench.admin_token = http_json(
             "POST", server.base + "/api/v1/auth/login", {"username": "admin", "password": PASSWORD}
         )["token"]
-        days = iter(working_days_ahead(3, 2 * len(tools)))
+        open_rates = [float(x) for x in args.open_rates.split(",") if x.strip()]
+        scenarios = {x.strip() for x in args.scenarios.split(",") if x.strip()}
+        days = iter(working_days_ahead(3, 2 * len(tools) + len(open_rates)))
         for tool in tools:
             measure = bench.wrk if tool == "wrk" else bench.locust
-            runs.append(measure("ping"))
-            cap = args.booking_rate_cap if tool == "wrk" else max(1000, args.booking_rate_cap * 3 // 4)
-            data = bench.prepare(next(days), n_patients=cap * args.seconds, n_slots=20, capacity=100_000)
-            run = measure("booking", data)
-            bench.verify(data, run)
-            runs.append(run)
-            storm_patients = args.storm_rate_cap * args.seconds if tool == "wrk" else args.storm_patients
-            data = bench.prepare(next(days), n_patients=storm_patients, n_slots=10, capacity=5)
-            run = measure("storm", data)
+            if "ping" in scenarios:
+                runs.append(measure("ping"))
+            if "booking" in scenarios:
+                cap = args.booking_rate_cap if tool == "wrk" else max(1000, args.booking_rate_cap * 3 // 4)
+                data = bench.prepare(next(days), n_patients=cap * args.seconds, n_slots=20, capacity=100_000)
+                run = measure("booking", data)
+                bench.verify(data, run)
+                runs.append(run)
+            if "storm" in scenarios:
+                storm_patients = args.storm_rate_cap * args.seconds if tool == "wrk" else args.storm_patients
+                data = bench.prepare(next(days), n_patients=storm_patients, n_slots=10, capacity=5)
+                run = measure("storm", data)
+                bench.verify(data, run)
+                runs.append(run)
+        for rate in open_rates:
+            # Enough pairs for the whole run at the offered rate, plus a margin.
+            pairs = int(rate * args.seconds * 1.2) + 100
+            data = bench.prepare(next(days), n_patients=pairs, n_slots=20, capacity=100_000)
+            run = bench.locust(f"open{rate:g}", data, open_rate=rate)
             bench.verify(data, run)
             runs.append(run)
     finally:
@@ -821,6 +870,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": args.seconds,
         "users": args.users,
         "wrk": f"-t{args.wrk_threads} -c{args.wrk_connections}",
+        "workers": args.workers,
         "loadavg_before": f"{load_before[0]:.2f}",
         "loadavg_after": f"{os.getloadavg()[0]:.2f}",
         "skipped": skipped,

@@ -24,6 +24,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from app.booking.keys import KeyBuilder
+from app.booking.slot_store import ScriptCall
 
 logger = logging.getLogger(__name__)
 
@@ -56,8 +57,20 @@ class EventPublisher:
     async def slots_changed(self, day: date, slot_ids: Sequence[int], event: str) -> int:
         """Publish the current state of `slot_ids` (one day) to their departments' grid topics;
         returns how many messages went out (0 when Redis did not take them)."""
-        if not slot_ids:
+        call = self.grid_call(day, slot_ids, event)
+        if call is None:
             return 0
+        try:
+            sent = await self._grid(keys=call.keys, args=call.args)
+        except (RedisError, OSError) as exc:
+            logger.warning("grid publish for %s failed: %s", day, type(exc).__name__)
+            return 0
+        return int(sent)
+
+    def grid_call(self, day: date, slot_ids: Sequence[int], event: str) -> ScriptCall | None:
+        """`slots_changed` as a call for `app.booking.slot_store.run_scripts` (None: no slots)."""
+        if not slot_ids:
+            return None
         k = self.keys.day(day)
         ids = sorted(set(slot_ids))
         args: list[Any] = [
@@ -69,9 +82,4 @@ class EventPublisher:
             ",".join(GRID_CHANNELS),
             *ids,
         ]
-        try:
-            sent = await self._grid(keys=[k.slot(s) for s in ids], args=args)
-        except (RedisError, OSError) as exc:
-            logger.warning("grid publish for %s failed: %s", day, type(exc).__name__)
-            return 0
-        return int(sent)
+        return ScriptCall(self._grid, [k.slot(s) for s in ids], args)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
+import httpx
 
 from app.booking.index import DayIndex
 from app.db import booking_repo
@@ -94,13 +95,21 @@ async def redis_slot_fields(services: Services, day: date, slot_ids: list[int]) 
     }
 
 
-async def assert_redis_matches_postgres(services: Services, day: date) -> DayIndex:
-    """Every slot of the day has the same counters in Redis as PostgreSQL implies, every live
-    booking is a booked entry of its patient, and no hold is left."""
+async def redis_disagreements(
+    services: Services, day: date
+) -> tuple[DayIndex, dict[int, tuple[dict[str, str], dict[str, str]]]]:
+    """The day as PostgreSQL has it, and the slots whose Redis counters differ from it:
+    {slot id: (PostgreSQL's fields, Redis's fields)}."""
     index = await booking_repo.day_index(services.pool, services.settings.booking.hospital_id, day)
     expected = {sid: _normalise(f) for sid, f in index.slot_fields().items()}
     actual = await redis_slot_fields(services, day, list(expected))
-    mismatched = {sid: (expected[sid], actual[sid]) for sid in expected if expected[sid] != actual[sid]}
+    return index, {sid: (expected[sid], actual[sid]) for sid in expected if expected[sid] != actual[sid]}
+
+
+async def assert_redis_matches_postgres(services: Services, day: date) -> DayIndex:
+    """Every slot of the day has the same counters in Redis as PostgreSQL implies, every live
+    booking is a booked entry of its patient, and no hold is left."""
+    index, mismatched = await redis_disagreements(services, day)
     assert not mismatched, f"Redis and PostgreSQL disagree on {len(mismatched)} slots: {list(mismatched.items())[:3]}"
     for slot in index.slots:
         used = sum(1 for b in index.booked if b.slot_id == slot.slot_id)
@@ -176,3 +185,70 @@ async def set_phone(conn: asyncpg.Connection | asyncpg.Pool, patient_id: int, ph
     await conn.execute(
         "UPDATE patient SET phone = NULL, phone_enc = $2, phone_idx = $3 WHERE id = $1", patient_id, sealed, index
     )
+
+
+# -- storms through HTTP (tests/integration/test_resilience.py, test_redis_sentinel.py) ------------
+
+CJK = range(0x4E00, 0xA000)
+
+
+async def dedicated_slots(services: Services, day: date, resource_id: str, count: int, capacity: int) -> list[int]:
+    """A dedicated CT room with `count` half-hour windows of `capacity` places (no channel quotas),
+    in PostgreSQL and in the Redis index."""
+    await services.pool.execute(
+        """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name)
+           VALUES ($1, 'h1', 'RAD', 'main', 'device', 'CT', '容灾测试CT') ON CONFLICT DO NOTHING""",
+        resource_id,
+    )
+    await services.pool.execute(
+        "INSERT INTO exam_capability VALUES ('CT-HEAD', $1) ON CONFLICT DO NOTHING", resource_id
+    )
+    start = datetime.combine(day, datetime.min.time(), services.reconciler.tz) + timedelta(hours=8)
+    ids = [
+        await services.pool.fetchval(
+            """INSERT INTO slot (hospital_id, resource_id, day, starts_at, ends_at, capacity)
+               VALUES ('h1', $1, $2, $3, $4, $5) RETURNING id""",
+            resource_id,
+            day,
+            start + timedelta(minutes=30 * n),
+            start + timedelta(minutes=30 * (n + 1)),
+            capacity,
+        )
+        for n in range(count)
+    ]
+    await services.reload_catalogue()
+    await services.reconciler.reconcile_day(day)
+    return ids
+
+
+def booking_body(pid: int, oid: int, slot_id: int) -> dict[str, Any]:
+    """POST /api/v1/appointments: one order of the patient into one slot, at the desk."""
+    return {"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slot_id}]}
+
+
+async def postgres_outcome(services: Services, slot_ids: list[int]) -> tuple[dict[int, int], set[int]]:
+    """Booked count per slot (checked against its live appointments and capacity) and the live
+    appointment ids."""
+    slots = await services.pool.fetch("SELECT id, booked, capacity FROM slot WHERE id = ANY($1::bigint[])", slot_ids)
+    appts = await services.pool.fetch(
+        """SELECT a.id, a.slot_id, o.status FROM appointment a JOIN exam_order o ON o.id = a.order_id
+            WHERE a.slot_id = ANY($1::bigint[]) AND a.status = 'booked'""",
+        slot_ids,
+    )
+    per_slot = {r["id"]: 0 for r in slots}
+    for a in appts:
+        per_slot[a["slot_id"]] += 1
+        assert a["status"] == "booked", a
+    for r in slots:
+        assert r["booked"] == per_slot[r["id"]] <= r["capacity"], (dict(r), per_slot[r["id"]])
+    return {r["id"]: r["booked"] for r in slots}, {a["id"] for a in appts}
+
+
+def assert_clear_503(response: httpx.Response) -> None:
+    """Redis unavailable, as a clerk sees it: problem+json `cache_unavailable`, a Chinese title,
+    Retry-After."""
+    body = response.json()
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert response.headers.get("retry-after") == "5"
+    assert body["code"] == "cache_unavailable" and body["status"] == 503
+    assert any(ord(ch) in CJK for ch in body["title"]), body  # a Chinese message for the clerk

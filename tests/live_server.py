@@ -1,11 +1,14 @@
 """A real uvicorn server for tests that need real sockets (WebSockets, browsers), in the test's
-own event loop and on the test's databases; and a second worker as its own process."""
+own event loop and on the test's databases; a second worker as its own process; and throw-away
+redis-server processes for the tests that kill Redis."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -18,13 +21,17 @@ from typing import Any
 
 import httpx
 import orjson
+import redis.asyncio as aioredis
 import uvicorn
 import websockets
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.main import create_app
 from app.services import Services
 from app.settings import PROJECT_ROOT
 from tests.helpers import new_patients_with_orders, open_slots, token_for
+
+REDIS_SERVER = shutil.which("redis-server")
 
 
 def free_socket() -> socket.socket:
@@ -32,6 +39,81 @@ def free_socket() -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", 0))
     return sock
+
+
+def free_port() -> int:
+    sock = free_socket()
+    port = int(sock.getsockname()[1])
+    sock.close()
+    return port
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` different free ports (all bound at once: `free_port` twice may return one port twice)."""
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(n):
+            socks.append(free_socket())
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+async def start_redis(port: int, *args: str, password: str | None = None) -> subprocess.Popen[bytes]:
+    """A throw-away redis-server (no RDB, no AOF) on `port`, ready to answer; `args` are more
+    command-line options (e.g. "--replicaof", "127.0.0.1", "6380"), `password` its requirepass."""
+    assert REDIS_SERVER is not None
+    auth = ["--requirepass", password, "--masterauth", password] if password else []
+    proc = subprocess.Popen(  # noqa: ASYNC220 - started once; its readiness is awaited below
+        [
+            REDIS_SERVER,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            # Its own folder: a replica's full sync writes an RDB file there, not into the checkout.
+            "--dir",
+            tempfile.mkdtemp(prefix="hy-redis-"),
+            *auth,
+            *args,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        await wait_for_redis(port, password=password)
+    except BaseException:
+        proc.kill()
+        proc.wait(5)
+        raise
+    return proc
+
+
+async def wait_for_redis(port: int, *, password: str | None = None, wait_s: float = 5.0) -> None:
+    """Until the Redis (or Sentinel) server on `port` answers PING."""
+    client = aioredis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=0.2)
+    deadline = time.monotonic() + wait_s
+    try:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, RedisConnectionError):
+                if await client.ping():
+                    return
+            await asyncio.sleep(0.02)
+    finally:
+        await client.aclose()
+    raise TimeoutError(f"redis-server on port {port} did not start")
+
+
+def sigkill(proc: subprocess.Popen[bytes]) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(5)
 
 
 @contextlib.asynccontextmanager

@@ -74,6 +74,12 @@ class KeyBuilder(msgspec.Struct, frozen=True):
     def day(self, day: date) -> DayKeys:
         return DayKeys(self.prefix, self.hospital_id, day)
 
+    @property
+    def index_server(self) -> str:
+        """The run id of the Redis server the hospital's index was last rebuilt on, whole
+        (app/booking/reconcile.py, `Reconciler.reconcile_new_server`)."""
+        return f"{self.prefix}:index-server:{self.hospital_id}"
+
     def session(self, token_hash: str) -> str:
         return f"{self.prefix}:sess:{token_hash}"
 

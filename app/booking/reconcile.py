@@ -92,9 +92,41 @@ class Reconciler:
 
     async def reconcile_all(self) -> dict[date, int]:
         """Every day of the horizon, plus any other day that has slots in PostgreSQL's horizon."""
+        run_id, _ = await self.store.server_identity()
         days = set(self.horizon())
         days |= set(await booking_repo.days_with_slots(self.pool, self.hospital_id, min(days), max(days)))
-        return {day: await self.reconcile_day(day) for day in sorted(days)}
+        done = {day: await self.reconcile_day(day) for day in sorted(days)}
+        # Recorded last, with the run id read first: if the server changed meanwhile, the record
+        # does not match the new one and the next sweep rebuilds again (`reconcile_new_server`).
+        await self.store.set_index_server(run_id)
+        return done
+
+    async def reconcile_new_server(self) -> bool:
+        """Rebuild the whole horizon from PostgreSQL when the index was not built on the server
+        answering now; True when it was not.
+
+        Redis replication is asynchronous: after a Sentinel failover the promoted replica may lack
+        the old primary's last writes (a grab, a confirm, a cancel), and a server restarted from
+        its append-only file may lack up to its last second. Such an index is whole — every day
+        still has its version key, so `reconcile_missing` sees nothing — but some counters are
+        stale. Each full rebuild records the server's run id (`KeyBuilder.index_server`); a server
+        is given a new run id at every start, and a promoted replica has its own, so a record that
+        does not match (or is missing) means the data came from elsewhere. The record lives in
+        Redis, so every process sees it: the first sweep after the switch rebuilds, later ones find
+        the record matching (two at the same moment both rebuild: harmless). Days that fail stay
+        dirty and are retried by `reconcile_dirty`."""
+        run_id, built_on = await self.store.server_identity()
+        if built_on == run_id:
+            return False
+        logger.warning(
+            "redis index was built on server %s, now answering: %s; rebuilding the horizon from postgres",
+            built_on or "(none)",
+            run_id,
+        )
+        for day in self.horizon():
+            await self.reconcile_day_safely(day)
+        await self.store.set_index_server(run_id)
+        return True
 
     async def missing_days(self) -> list[date]:
         """The horizon's days whose index is gone: no version key. Only reconcile writes `…:ver`

@@ -22,11 +22,12 @@ from typing import TypeVar
 
 import asyncpg
 import msgspec
+from redis.exceptions import RedisError
 
 from app.booking.availability import refusal
 from app.booking.index import pool_field, pool_name
 from app.booking.reconcile import Reconciler
-from app.booking.slot_store import GrabItem, SlotStore
+from app.booking.slot_store import GrabItem, SlotStore, run_scripts
 from app.db import booking_repo
 from app.errors import (
     AppError,
@@ -41,7 +42,7 @@ from app.errors import (
 )
 from app.orders.credit import CreditService
 from app.orders.lifecycle import BOOKABLE
-from app.planning.rule_service import Override, ProposedExam, RuleService
+from app.planning.rule_service import Override, ProposedExam, RuleContext, RuleService
 from app.security.actor import Actor
 from realtime.publisher import EventPublisher
 
@@ -225,8 +226,8 @@ class BookingService:
     ) -> list[BookedAppointment]:
         now = self.clock()
         await self._gate(channel, [i.slot_id for i in items], now)
-        checked = await self._check_items(patient_id, items)
-        outcome = await self.rules.check(actor, patient_id, [c.proposed for c in checked], overrides)
+        checked, context = await self._check_items(patient_id, items)
+        outcome = await self.rules.check(actor, patient_id, [c.proposed for c in checked], overrides, context=context)
         expires_ms, deadline = self._hold_window(now)
         base = uuid.uuid4().hex
         by_day: dict[date, list[_Checked]] = defaultdict(list)
@@ -282,9 +283,8 @@ class BookingService:
             await self._release_all(patient_id, holds)
             raise
 
-        for day, hold_id, _ in holds:
-            await self._confirm(day, hold_id, patient_id)
-        await self._publish("booked", [(c.day, c.item.slot_id) for c in checked])
+        confirms = [(day, hold_id) for day, hold_id, _ in holds]
+        await self._settle(confirms, patient_id, "booked", [(c.day, c.item.slot_id) for c in checked])
         return [
             BookedAppointment(
                 appointment_id=r["appointment_id"],
@@ -447,8 +447,8 @@ class BookingService:
             await self.credit.check(patient_id, channel)
         now = self.clock()
         await self._gate(channel, [item.slot_id], now)
-        (checked,) = await self._check_items(patient_id, [item])
-        await self.rules.check(actor, patient_id, [checked.proposed])
+        (checked,), context = await self._check_items(patient_id, [item])
+        await self.rules.check(actor, patient_id, [checked.proposed], context=context)
         hold_id = uuid.uuid4().hex
         expires_ms = int((now + ttl) * 1000)
         result = await self.store.grab(
@@ -523,8 +523,8 @@ class BookingService:
         deadline = datetime.fromtimestamp(deadline_s, UTC)
 
         async def attempt() -> list[asyncpg.Record]:
-            (checked,) = await self._check_items(held.patient_id, [item])
-            outcome = await self.rules.check(actor, held.patient_id, [checked.proposed])
+            (checked,), context = await self._check_items(held.patient_id, [item])
+            outcome = await self.rules.check(actor, held.patient_id, [checked.proposed], context=context)
             return await booking_repo.book(
                 self.pool,
                 hold_id=hold_id,
@@ -546,8 +546,7 @@ class BookingService:
             if not await booking_repo.hold_committed(self.pool, hold_id):
                 await self._release_all(held.patient_id, [(day, hold_id, [])], slot_ids={hold_id: [held.slot_id]})
             raise
-        await self._confirm(day, hold_id, held.patient_id)
-        await self._publish("booked", [(day, held.slot_id)])
+        await self._settle([(day, hold_id)], held.patient_id, "booked", [(day, held.slot_id)])
         r = rows[0]
         return BookedAppointment(
             appointment_id=r["appointment_id"],
@@ -595,8 +594,15 @@ class BookingService:
             if any(r != "OK" for r in reasons):
                 raise _reason_error(reasons, ids)
 
-    async def _check_items(self, patient_id: int, items: Sequence[BookItem]) -> list[_Checked]:
-        rows = await booking_repo.check_request(self.pool, [i.order_id for i in items], [i.slot_id for i in items])
+    async def _check_items(self, patient_id: int, items: Sequence[BookItem]) -> tuple[list[_Checked], RuleContext]:
+        """The requested orders and slots checked, and the patient's rule context, read together."""
+        rows, (version, facts, appointments) = await booking_repo.booking_context(
+            self.pool,
+            patient_id,
+            [i.order_id for i in items],
+            [i.slot_id for i in items],
+            await self.rules.window(),
+        )
         checked = []
         for item, row in zip(items, rows, strict=True):
             if row["patient_id"] is None:
@@ -617,7 +623,7 @@ class BookingService:
                 item.order_id, row["exam_code"], item.slot_id, int(row["s"]), int(row["e"]), row["resource_id"]
             )
             checked.append(_Checked(item, row["exam_code"], row["day"], proposed))
-        return checked
+        return checked, self.rules.context_of(version, facts, appointments)
 
     async def _appointment_for(self, actor: Actor, appointment_id: int) -> asyncpg.Record:
         appt = await booking_repo.appointment_by_id(self.pool, appointment_id)
@@ -638,6 +644,29 @@ class BookingService:
             # from PostgreSQL, which now holds the booking.
             logger.warning("hold %s vanished before confirm; reconciling %s", hold_id, day)
             await self.reconciler.reconcile_day_safely(day)
+
+    async def _settle(
+        self, holds: Sequence[tuple[date, str]], patient_id: int, event: str, slots: Sequence[tuple[date, int]]
+    ) -> None:
+        """After PostgreSQL committed: confirm the holds and tell the live grids, in one Redis round
+        trip. A confirm Redis could not take is left to the reaper; a hold already gone (reaped or
+        rebuilt away while PostgreSQL committed) has its day rebuilt from PostgreSQL."""
+        calls = [self.store.confirm_call(day, hold_id, patient_id) for day, hold_id in holds]
+        calls += [c for day, ids in _by_day(slots) if (c := self.publisher.grid_call(day, ids, event)) is not None]
+        try:
+            results = await run_scripts(self.store.client, calls)
+        except (RedisError, OSError) as exc:
+            logger.warning("confirm of %d hold(s) deferred to the reaper: %s", len(holds), type(exc).__name__)
+            return
+        for (day, hold_id), result in zip(holds, results, strict=False):
+            if isinstance(result, Exception):
+                logger.warning("confirm of hold %s deferred to the reaper: %s", hold_id, type(result).__name__)
+            elif int(result) != 1:
+                logger.warning("hold %s vanished before confirm; reconciling %s", hold_id, day)
+                await self.reconciler.reconcile_day_safely(day)
+        for result in results[len(holds) :]:
+            if isinstance(result, Exception):
+                logger.warning("grid publish failed: %s", type(result).__name__)
 
     async def _release_all(
         self,
@@ -672,8 +701,13 @@ class BookingService:
 
     async def _publish(self, event: str, slots: Sequence[tuple[date, int]]) -> None:
         """Tell the live grids the new state of the slots (day, slot id) a change touched."""
-        by_day: dict[date, list[int]] = {}
-        for day, slot_id in slots:
-            by_day.setdefault(day, []).append(slot_id)
-        for day, ids in sorted(by_day.items()):
+        for day, ids in _by_day(slots):
             await self.publisher.slots_changed(day, ids, event)
+
+
+def _by_day(slots: Sequence[tuple[date, int]]) -> list[tuple[date, list[int]]]:
+    """(day, slot id) pairs grouped by day, days in order."""
+    by_day: dict[date, list[int]] = {}
+    for day, slot_id in slots:
+        by_day.setdefault(day, []).append(slot_id)
+    return sorted(by_day.items())

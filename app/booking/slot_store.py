@@ -16,8 +16,9 @@ from typing import Any, TypeVar
 import msgspec
 import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.booking.index import DayIndex
@@ -66,6 +67,32 @@ class HoldRecord(msgspec.Struct, frozen=True):
     channel: str
     expires_ms: int
     items: list[tuple[int, str]]  # (slot_id, pool field)
+
+
+class ScriptCall(msgspec.Struct, frozen=True):
+    """One Lua script call, to run with others in one round trip (`run_scripts`)."""
+
+    script: Any  # redis.commands.core.AsyncScript
+    keys: list[str]
+    args: list[Any]
+
+
+async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Run several scripts in one round trip (a pipeline of EVALSHA, not a transaction); returns
+    each call's reply or its error. A script Redis does not know (NOSCRIPT: a restarted or flushed
+    Redis) is run again on its own, which loads it. A connection failure raises RedisError/OSError."""
+    async with client.pipeline(transaction=False) as pipe:
+        for c in calls:
+            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+        results: list[Any] = await pipe.execute(raise_on_error=False)
+    for n, (c, result) in enumerate(zip(calls, results, strict=True)):
+        if isinstance(result, NoScriptError):
+            script: AsyncScript = c.script
+            try:
+                results[n] = await script(keys=c.keys, args=c.args)
+            except RedisError as exc:
+                results[n] = exc
+    return results
 
 
 @asynccontextmanager
@@ -123,9 +150,13 @@ class SlotStore:
         return GrabResult(ok=False, pools=[], reasons=values)
 
     async def confirm(self, day: date, hold_id: str, patient_id: int) -> bool:
+        call = self.confirm_call(day, hold_id, patient_id)
+        return int(await self._run("confirm", call.keys, call.args)) == 1
+
+    def confirm_call(self, day: date, hold_id: str, patient_id: int) -> ScriptCall:
+        """`confirm` as a call for `run_scripts` (its reply: 1 confirmed, 0 the hold is gone)."""
         k = self.keys.day(day)
-        reply = await self._run("confirm", [k.holds, k.hold(hold_id), k.patient(patient_id)], [hold_id])
-        return int(reply) == 1
+        return ScriptCall(self._scripts["confirm"], [k.holds, k.hold(hold_id), k.patient(patient_id)], [hold_id])
 
     async def release(self, day: date, hold_id: str, patient_id: int, slot_ids: Sequence[int]) -> bool:
         """Give a hold's places back. `slot_ids` must be the hold's slots, in its order."""
@@ -185,6 +216,18 @@ class SlotStore:
                 return int(reply[1])
         raise CacheUnavailable(detail=f"reconcile of {index.day} kept racing with writers")
 
+    async def server_identity(self) -> tuple[str, str | None]:
+        """The answering server's run id (new at every start of a server, so a promoted replica
+        has its own) and the run id the index was last rebuilt on (None: never, on this data)."""
+        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            pipe.info("server")  # one pipeline, one connection: both answers come from one server
+            pipe.get(self.keys.index_server)
+            info, built_on = await pipe.execute()
+        return str(info["run_id"]), _text(built_on) if built_on is not None else None
+
+    async def set_index_server(self, run_id: str) -> None:
+        await self._call(lambda: self.client.set(self.keys.index_server, run_id))
+
     # -- reads -------------------------------------------------------------------------------
 
     async def read_slots(self, day: date, resource_ids: Sequence[str]) -> list[SlotView]:
@@ -207,10 +250,14 @@ class SlotStore:
     async def read_slots_by_id(self, day: date, slot_ids: Sequence[int]) -> list[SlotView | None]:
         """The given slots of one day, in order (None where the index has no such slot)."""
         k = self.keys.day(day)
-        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
-            for sid in slot_ids:
-                pipe.hgetall(k.slot(sid))
-            rows = await pipe.execute()
+        if len(slot_ids) == 1:  # the common case, without a pipeline's own cost
+            async with redis_errors():
+                rows = [await self.client.hgetall(k.slot(slot_ids[0]))]
+        else:
+            async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
+                for sid in slot_ids:
+                    pipe.hgetall(k.slot(sid))
+                rows = await pipe.execute()
         return [_slot_view(sid, row) if row else None for sid, row in zip(slot_ids, rows, strict=True)]
 
     async def read_slot(self, day: date, slot_id: int) -> SlotView | None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -222,6 +222,30 @@ async def check_request(
             list(order_ids),
             list(slot_ids),
         )
+
+
+async def booking_context(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    patient_id: int,
+    order_ids: Sequence[int],
+    slot_ids: Sequence[int],
+    reach: timedelta,
+) -> tuple[list[asyncpg.Record], tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+    """One round trip for a booking's checks (hy_booking_context, sql/0017): `check_request`'s rows
+    (per requested pair, in request order) and `rules_repo.rule_context`'s (booking version, latest
+    facts, live appointments) over the requested slots' span widened by `reach` on both sides."""
+    async with database_errors():
+        rows = await conn.fetch(
+            "SELECT * FROM hy_booking_context($1, $2::bigint[], $3::bigint[], $4)",
+            patient_id,
+            list(order_ids),
+            list(slot_ids),
+            reach,
+        )
+    first = rows[0] if rows else None
+    if first is None or first["booking_version"] is None:
+        return list(rows), (0, {}, [])
+    return list(rows), (int(first["booking_version"]), dict(first["facts"]), list(first["appointments"]))
 
 
 async def slip_rows(conn: asyncpg.Connection | asyncpg.Pool, appointment_ids: list[int]) -> list[asyncpg.Record]:

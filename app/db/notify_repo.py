@@ -12,6 +12,8 @@ import asyncpg
 
 from app.db.pool import database_errors
 
+# The topic is written into the statements as a literal (not a parameter), so their plans can use
+# the partial index outbox_notice_pending: a generic plan cannot match a parameter to its predicate.
 TOPIC = "patient.notice"
 
 
@@ -23,16 +25,16 @@ async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list
         return await conn.fetch(
             """SELECT o.id, o.aggregate_id, o.payload, o.attempts
                  FROM outbox o
-                WHERE o.topic = $3 AND o.delivered_at IS NULL AND o.dead_at IS NULL AND o.next_attempt_at <= $1
+                WHERE o.topic = 'patient.notice' AND o.delivered_at IS NULL AND o.dead_at IS NULL
+                  AND o.next_attempt_at <= $1
                   AND NOT EXISTS (SELECT 1 FROM outbox e
-                                   WHERE e.topic = $3 AND e.aggregate_id = o.aggregate_id AND e.id < o.id
+                                   WHERE e.topic = 'patient.notice' AND e.aggregate_id = o.aggregate_id AND e.id < o.id
                                      AND e.delivered_at IS NULL AND e.dead_at IS NULL)
                 ORDER BY o.id
                 LIMIT $2
                 FOR UPDATE OF o SKIP LOCKED""",
             now,
             limit,
-            TOPIC,
         )
 
 

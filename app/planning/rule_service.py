@@ -8,7 +8,7 @@ round trip together with the patient's booking version, which the commit then ve
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -108,6 +108,18 @@ class RuleService:
         self, patient_id: int, start: datetime, end: datetime, *, exclude_appointment: int | None = None
     ) -> RuleContext:
         version, facts, rows = await rules_repo.rule_context(self.pool, patient_id, start, end)
+        return self.context_of(version, facts, rows, exclude_appointment=exclude_appointment)
+
+    def context_of(
+        self,
+        version: int,
+        facts: dict[str, Any],
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        exclude_appointment: int | None = None,
+    ) -> RuleContext:
+        """The context from what PostgreSQL returned (`rules_repo.rule_context`, or the booking's
+        combined read `booking_repo.booking_context`, which covers the span `window()` asks for)."""
         exams = self.catalogue().exam_types
         existing = [
             Placed(
@@ -123,6 +135,10 @@ class RuleService:
             if r["id"] != exclude_appointment and r["exam_code"] in exams
         ]
         return RuleContext(version, facts, existing)
+
+    async def window(self) -> timedelta:
+        """How far on either side of the proposed exams the context must reach."""
+        return self.reach(await self.checker())
 
     def placed(self, p: ProposedExam) -> Placed:
         cat = self.catalogue()
@@ -152,14 +168,23 @@ class RuleService:
             raise ValidationFailed("检查项目或设备已停用", detail=f"inactive exam types or resources: {missing}")
 
     async def violations(
-        self, patient_id: int, proposed: Sequence[ProposedExam], *, exclude_appointment: int | None = None
+        self,
+        patient_id: int,
+        proposed: Sequence[ProposedExam],
+        *,
+        exclude_appointment: int | None = None,
+        context: RuleContext | None = None,
     ) -> tuple[RuleContext, list[Violation]]:
+        """The rules the proposed exams break; `context` when the caller read it already (it must
+        cover the proposed exams' span widened by `window()`)."""
         await self._ensure_known(proposed)
         checker = await self.checker()
-        reach = self.reach(checker)
-        start = datetime.fromtimestamp(min(p.starts_at for p in proposed), UTC) - reach
-        end = datetime.fromtimestamp(max(p.ends_at for p in proposed), UTC) + reach
-        ctx = await self.context(patient_id, start, end, exclude_appointment=exclude_appointment)
+        ctx = context
+        if ctx is None:
+            reach = self.reach(checker)
+            start = datetime.fromtimestamp(min(p.starts_at for p in proposed), UTC) - reach
+            end = datetime.fromtimestamp(max(p.ends_at for p in proposed), UTC) + reach
+            ctx = await self.context(patient_id, start, end, exclude_appointment=exclude_appointment)
         schedule = ctx.existing + [self.placed(p) for p in proposed]
         return ctx, checker.check(schedule, ctx.facts)
 
@@ -171,13 +196,16 @@ class RuleService:
         overrides: Sequence[Override] = (),
         *,
         exclude_appointment: int | None = None,
+        context: RuleContext | None = None,
     ) -> CheckOutcome:
         """Refuse a booking that breaks a rule, unless every broken rule is a warning this caller
         may override and an override with a reason was given for it."""
         for o in overrides:
             if len(o.reason.strip()) < 2:
                 raise ValidationFailed("请填写越过规则的理由", detail=f"override of {o.rule_id} needs a reason")
-        ctx, found = await self.violations(patient_id, proposed, exclude_appointment=exclude_appointment)
+        ctx, found = await self.violations(
+            patient_id, proposed, exclude_appointment=exclude_appointment, context=context
+        )
         given = {o.rule_id: o.reason.strip() for o in overrides}
         refused = [v for v in found if not (v.rule_id in given and v.overridable_by(actor.roles))]
         if refused:

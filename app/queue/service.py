@@ -169,6 +169,13 @@ class QueueService:
         logger.info("queue %s %s rebuilt from PostgreSQL: %d entries", resource_id, day, len(entries))
         return result
 
+    async def mark_loaded_dirty(self, day: date) -> int:
+        """Mark for a rebuild every room queue of `day` that Redis has loaded: after a failover the
+        server may hold a stale copy. Queues it does not have load themselves on first use."""
+        loaded = await self.store.loaded(sorted(self.catalogue().resources), day)
+        self._dirty.update((rid, day) for rid in loaded)
+        return len(loaded)
+
     async def rebuild_dirty(self) -> None:
         for resource_id, day in sorted(self._dirty):
             try:

@@ -50,7 +50,16 @@ class QueueResult(msgspec.Struct, frozen=True):
 class QueueStore:
     def __init__(self, client: aioredis.Redis, keys: KeyBuilder) -> None:
         self.keys = keys
+        self.client = client
         self._script = client.register_script(lua_source("queue"))
+
+    async def loaded(self, resource_ids: Sequence[str], day: date) -> list[str]:
+        """The rooms whose queue that day is loaded in Redis."""
+        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            for rid in resource_ids:
+                pipe.exists(self.keys.day(day).queue(rid)[3])
+            found = await pipe.execute()
+        return [rid for rid, n in zip(resource_ids, found, strict=True) if n]
 
     async def run(self, resource_id: str, day: date, op: str, now_ms: int, *args: str | int) -> QueueResult:
         topic = queue_topic(resource_id, day)

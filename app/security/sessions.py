@@ -32,6 +32,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+import time
 from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -135,6 +136,13 @@ class SecurityPolicy(msgspec.Struct, frozen=True):
         )
 
 
+# A session this process resolved is used again without a Redis read for this long: a session
+# ended through another process (logout, a newer login) is refused there at once and here within
+# this time. Bounded in size (cleared when full).
+LOCAL_CACHE_S = 1.0
+LOCAL_CACHE_ENTRIES = 20_000
+
+
 class _CachedSession(msgspec.Struct):
     user_id: int
     username: str
@@ -186,8 +194,12 @@ class SessionManager:
         clock: Callable[[], datetime] = _now,
         limits: RateLimiter | None = None,
         certificates: CertificateAuthenticator | None = None,
+        local_cache_s: float = LOCAL_CACHE_S,
     ) -> None:
         self.pool = pool
+        self.local_cache_s = local_cache_s
+        # digest -> (the session as this process last saw it, time.monotonic() of that)
+        self._local: dict[str, tuple[_CachedSession, float]] = {}
         self.redis = redis
         self.keys = keys
         self.ttl_s = ttl_s
@@ -228,6 +240,8 @@ class SessionManager:
     async def _forget(self, digests: list[str]) -> None:
         if not digests:
             return
+        for d in digests:
+            self._local.pop(d, None)
         try:
             await self.redis.delete(*(self.keys.session(d) for d in digests))
         except (RedisError, OSError):
@@ -406,16 +420,22 @@ class SessionManager:
         digest = token_hash(token)
         key = self.keys.session(digest)
         cached: _CachedSession | None = None
-        try:
-            raw = await self.redis.get(key)
-            if raw:
-                cached = msgspec.json.decode(raw, type=_CachedSession)
-        except (RedisError, OSError, msgspec.DecodeError):
-            cached = None  # Redis is only a cache here: fall through to PostgreSQL
+        seen = time.monotonic()
+        local = self._local.get(digest)
+        if local is not None and seen - local[1] < self.local_cache_s:
+            cached = local[0]  # seen by this process a moment ago: no Redis read
+        else:
+            try:
+                raw = await self.redis.get(key)
+                if raw:
+                    cached = msgspec.json.decode(raw, type=_CachedSession)
+            except (RedisError, OSError, msgspec.DecodeError):
+                cached = None  # Redis is only a cache here: fall through to PostgreSQL
         dirty = False
+        loaded = False
         if cached is None or ts - cached.loaded_at >= self.cache_s or cached.expires_at <= ts:
             cached = await self._load(digest, cached, ts)
-            dirty = True
+            dirty = loaded = True
         if cached.expires_at <= ts:
             raise NotAuthenticated(MSG_EXPIRED, detail="session expired", reason="expired")
         if ts - cached.last_seen > cached.idle_s:
@@ -442,9 +462,15 @@ class SessionManager:
             dirty = True
         if dirty:
             with contextlib.suppress(RedisError, OSError):
-                # Kept as long as the idle limit so the last activity survives between reloads.
+                # Kept as long as the idle limit so the last activity survives between reloads. An
+                # entry not just loaded from PostgreSQL is only refreshed (XX): one deleted meanwhile
+                # by a logout or a newer login elsewhere is not brought back.
                 ttl = max(self.cache_s, cached.idle_s) + self.policy.activity_write_s
-                await self.redis.set(key, msgspec.json.encode(cached), ex=ttl)
+                await self.redis.set(key, msgspec.json.encode(cached), ex=ttl, xx=not loaded)
+        if local is None or dirty or seen - local[1] >= self.local_cache_s:
+            if len(self._local) >= LOCAL_CACHE_ENTRIES:
+                self._local.clear()
+            self._local[digest] = (cached, seen)
         return Actor(
             user_id=cached.user_id,
             username=cached.username,
@@ -461,6 +487,7 @@ class SessionManager:
 
     async def logout(self, token: str) -> None:
         digest = token_hash(token)
+        self._local.pop(digest, None)
         await auth_security_repo.end_session(self.pool, digest, self.clock(), "logout")
         try:
             await self.redis.delete(self.keys.session(digest))

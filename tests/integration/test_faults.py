@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 import asyncpg
@@ -127,11 +128,14 @@ async def test_postgres_refuses_a_commit_past_the_hold_deadline(services: Servic
 class _ReapedBeforeConfirm(BookingService):
     """A booking whose hold is reaped while PostgreSQL commits (a very slow commit)."""
 
-    async def _confirm(self, day: date, hold_id: str, patient_id: int) -> None:
-        hold = await self.store.read_hold(day, hold_id)
-        assert hold is not None
-        await self.store.release(day, hold_id, patient_id, [s for s, _ in hold.items])
-        await super()._confirm(day, hold_id, patient_id)
+    async def _settle(
+        self, holds: Sequence[tuple[date, str]], patient_id: int, event: str, slots: Sequence[tuple[date, int]]
+    ) -> None:
+        for day, hold_id in holds:
+            hold = await self.store.read_hold(day, hold_id)
+            assert hold is not None
+            await self.store.release(day, hold_id, patient_id, [s for s, _ in hold.items])
+        await super()._settle(holds, patient_id, event, slots)
 
 
 async def test_hold_vanished_before_confirm_is_repaired_from_postgres(services: Services) -> None:

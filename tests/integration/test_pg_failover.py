@@ -20,12 +20,10 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import closing
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -44,6 +42,7 @@ from app.services import Services
 from app.settings import PROJECT_ROOT, DatabaseSettings
 from tests.conftest import Servers, make_settings
 from tests.helpers import actor_for, assert_redis_matches_postgres, future_day, new_patients_with_orders
+from tests.live_server import free_ports
 
 pytestmark = pytest.mark.slow
 
@@ -91,22 +90,11 @@ async def _script(*args: str, check: bool = True) -> str:
     return text
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    with closing(socks[0]):
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        ports = [int(s.getsockname()[1]) for s in socks]
-        for s in socks[1:]:
-            s.close()
-    return ports
-
-
 @pytest.fixture
 async def pair() -> AsyncIterator[Pair]:
     """A primary and its synchronous standby, stopped and removed afterwards whatever happened."""
     workdir = tempfile.mkdtemp(prefix="hy-pgfo-")
-    primary_port, standby_port = _free_ports(2)
+    primary_port, standby_port = free_ports(2)
     try:
         print(await _script("up", workdir, str(primary_port), str(standby_port)), end="")
         yield Pair(workdir, primary_port, standby_port)

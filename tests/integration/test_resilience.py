@@ -16,141 +16,32 @@ crashes between the steps of one booking, an emptied Redis rebuilt by an explici
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import threading
 import time
-from datetime import date, datetime, timedelta
-from typing import Any
 
 import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 
 from app.background import sweep_once
 from app.booking.reaper import reap_expired
 from app.services import Services
 from tests.conftest import CloneDb, Servers, make_settings
 from tests.helpers import (
+    assert_clear_503,
     assert_redis_matches_postgres,
     availability_snapshot,
+    booking_body,
+    dedicated_slots,
     future_day,
     new_patients_with_orders,
+    postgres_outcome,
     token_for,
 )
-from tests.live_server import free_socket, running_worker, serve_app
-
-REDIS_SERVER = shutil.which("redis-server")
-CJK = range(0x4E00, 0xA000)
-
-
-def _free_port() -> int:
-    sock = free_socket()
-    port = int(sock.getsockname()[1])
-    sock.close()
-    return port
-
-
-async def _start_redis(port: int) -> subprocess.Popen[bytes]:
-    """An empty, throw-away redis-server (no RDB, no AOF) on `port`, ready to answer."""
-    assert REDIS_SERVER is not None
-    proc = subprocess.Popen(  # noqa: ASYNC220 - started once; its readiness is awaited below
-        [
-            REDIS_SERVER,
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    client = aioredis.Redis(host="127.0.0.1", port=port, socket_connect_timeout=0.2)
-    try:
-        for _ in range(250):
-            with contextlib.suppress(OSError, RedisConnectionError):
-                if await client.ping():
-                    return proc
-            await asyncio.sleep(0.02)
-    finally:
-        await client.aclose()
-    proc.kill()
-    raise TimeoutError(f"redis-server on port {port} did not start")
-
-
-def _sigkill(proc: subprocess.Popen[bytes]) -> None:
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(5)
-
-
-async def _resilience_slots(services: Services, day: date, resource_id: str, count: int, capacity: int) -> list[int]:
-    """A dedicated CT room with `count` half-hour windows of `capacity` places (no channel quotas)."""
-    await services.pool.execute(
-        """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name)
-           VALUES ($1, 'h1', 'RAD', 'main', 'device', 'CT', '容灾测试CT') ON CONFLICT DO NOTHING""",
-        resource_id,
-    )
-    await services.pool.execute(
-        "INSERT INTO exam_capability VALUES ('CT-HEAD', $1) ON CONFLICT DO NOTHING", resource_id
-    )
-    start = datetime.combine(day, datetime.min.time(), services.reconciler.tz) + timedelta(hours=8)
-    ids = [
-        await services.pool.fetchval(
-            """INSERT INTO slot (hospital_id, resource_id, day, starts_at, ends_at, capacity)
-               VALUES ('h1', $1, $2, $3, $4, $5) RETURNING id""",
-            resource_id,
-            day,
-            start + timedelta(minutes=30 * n),
-            start + timedelta(minutes=30 * (n + 1)),
-            capacity,
-        )
-        for n in range(count)
-    ]
-    await services.reload_catalogue()
-    await services.reconciler.reconcile_day(day)
-    return ids
-
-
-def _booking(pid: int, oid: int, slot_id: int) -> dict[str, Any]:
-    return {"patient_id": pid, "channel": "desk", "items": [{"order_id": oid, "slot_id": slot_id}]}
-
-
-async def _postgres_outcome(services: Services, slot_ids: list[int]) -> tuple[dict[int, int], set[int]]:
-    """Booked count per slot (checked against its live appointments and capacity) and the live
-    appointment ids."""
-    slots = await services.pool.fetch("SELECT id, booked, capacity FROM slot WHERE id = ANY($1::bigint[])", slot_ids)
-    appts = await services.pool.fetch(
-        """SELECT a.id, a.slot_id, o.status FROM appointment a JOIN exam_order o ON o.id = a.order_id
-            WHERE a.slot_id = ANY($1::bigint[]) AND a.status = 'booked'""",
-        slot_ids,
-    )
-    per_slot = {r["id"]: 0 for r in slots}
-    for a in appts:
-        per_slot[a["slot_id"]] += 1
-        assert a["status"] == "booked", a
-    for r in slots:
-        assert r["booked"] == per_slot[r["id"]] <= r["capacity"], (dict(r), per_slot[r["id"]])
-    return {r["id"]: r["booked"] for r in slots}, {a["id"] for a in appts}
-
-
-def _assert_clear_503(response: httpx.Response) -> None:
-    body = response.json()
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert response.headers.get("retry-after") == "5"
-    assert body["code"] == "cache_unavailable" and body["status"] == 503
-    assert any(ord(ch) in CJK for ch in body["title"]), body  # a Chinese message for the clerk
-
+from tests.live_server import REDIS_SERVER, free_port, running_worker, serve_app, sigkill, start_redis
 
 # -- Redis killed mid-storm, back empty -------------------------------------------------------------
 
@@ -161,8 +52,8 @@ KILL_AFTER_BOOKED = 10
 
 @pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server not installed")
 async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: CloneDb) -> None:
-    port = _free_port()
-    redis_proc = await _start_redis(port)
+    port = free_port()
+    redis_proc = await start_redis(port)
     url = f"redis://127.0.0.1:{port}/0"
     svc = await Services.open(make_settings(seeded_db.url, url, "hykill", HY_RATE_LIMITS="0"), seeded_db.url, url)
     try:
@@ -170,7 +61,7 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
         await svc.reconciler.reconcile_all()  # as start-up and `python -m app reconcile` leave it
         await sweep_once(svc)  # quota releases due now happen before the snapshot, not in the sweep below
         day = future_day(svc, 2)
-        slot_ids = await _resilience_slots(svc, day, "KILL-REDIS-CT", STORM_SLOTS, STORM_CAPACITY)
+        slot_ids = await dedicated_slots(svc, day, "KILL-REDIS-CT", STORM_SLOTS, STORM_CAPACITY)
         horizon = svc.reconciler.horizon()
         assert await svc.reconciler.missing_days() == []
         before = {d: await availability_snapshot(svc, d) for d in horizon if d != day}
@@ -194,7 +85,7 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
             async def attempt(n: int, pid: int, oid: int) -> httpx.Response:
                 nonlocal booked_ok
                 ts = time.monotonic()
-                r = await client.post("/api/v1/appointments", json=_booking(pid, oid, slot_ids[n % STORM_SLOTS]))
+                r = await client.post("/api/v1/appointments", json=booking_body(pid, oid, slot_ids[n % STORM_SLOTS]))
                 r.extensions["took"] = time.monotonic() - ts
                 booked_ok += r.status_code == 201
                 return r
@@ -203,7 +94,7 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
             tasks = [asyncio.create_task(attempt(n, pid, oid)) for n, (pid, [oid]) in enumerate(storm)]
             while booked_ok < KILL_AFTER_BOOKED and not all(t.done() for t in tasks):  # noqa: ASYNC110
                 await asyncio.sleep(0.002)
-            _sigkill(redis_proc)  # mid-storm: bookings in every step of the path
+            sigkill(redis_proc)  # mid-storm: bookings in every step of the path
             killed_at = booked_ok
             tk = time.monotonic()
             answers = await asyncio.gather(*tasks)
@@ -215,7 +106,7 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
             assert set(statuses) <= {201, 409, 503}, sorted(set(statuses))
             for r in answers:
                 if r.status_code == 503:
-                    _assert_clear_503(r)
+                    assert_clear_503(r)
                 elif r.status_code == 409:
                     assert r.json()["code"] == "slot_unavailable", r.text
             ok, refused, unavailable = statuses.count(201), statuses.count(409), statuses.count(503)
@@ -227,24 +118,24 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
             assert unavailable > 0 and ok >= killed_at
 
             # Nothing oversold, nothing lost: PostgreSQL holds exactly the bookings answered 201.
-            per_slot, live = await _postgres_outcome(svc, slot_ids)
+            per_slot, live = await postgres_outcome(svc, slot_ids)
             answered = {a["appointment_id"] for r in answers if r.status_code == 201 for a in r.json()["appointments"]}
             assert live == answered and sum(per_slot.values()) == ok
 
             # Still down: a clear 503, nothing written.
             pid, [oid] = later[0]
             ts = time.monotonic()
-            down = await client.post("/api/v1/appointments", json=_booking(pid, oid, slot_ids[0]))
+            down = await client.post("/api/v1/appointments", json=booking_body(pid, oid, slot_ids[0]))
             print(f"one booking while Redis is down: {down.status_code} in {(time.monotonic() - ts) * 1000:.0f} ms")
             assert down.status_code == 503
-            _assert_clear_503(down)
+            assert_clear_503(down)
             assert await svc.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", oid) == "ordered"
 
             # Back, but empty (no persistence): every day of the horizon is missing, and bookings
             # are refused (the slots are not in the index), never taken past PostgreSQL's count.
-            redis_proc = await _start_redis(port)
+            redis_proc = await start_redis(port)
             assert await svc.reconciler.missing_days() == horizon
-            empty = await client.post("/api/v1/appointments", json=_booking(pid, oid, slot_ids[0]))
+            empty = await client.post("/api/v1/appointments", json=booking_body(pid, oid, slot_ids[0]))
             assert empty.status_code in (409, 503), empty.text
             assert await svc.pool.fetchval("SELECT status FROM exam_order WHERE id = $1", oid) == "ordered"
 
@@ -265,16 +156,16 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
                 tries = []
                 for _ in range(STORM_CAPACITY - per_slot[sid] + 1):
                     p, [o] = next(fresh)
-                    tries.append(await client.post("/api/v1/appointments", json=_booking(p, o, sid)))
+                    tries.append(await client.post("/api/v1/appointments", json=booking_body(p, o, sid)))
                 assert [r.status_code for r in tries] == [201] * (STORM_CAPACITY - per_slot[sid]) + [409]
                 assert tries[-1].json()["reason"] == "FULL"
-        per_slot, live = await _postgres_outcome(svc, slot_ids)
+        per_slot, live = await postgres_outcome(svc, slot_ids)
         assert set(per_slot.values()) == {STORM_CAPACITY}
         await assert_redis_matches_postgres(svc, day)
     finally:
         await svc.close()
         if redis_proc.poll() is None:
-            _sigkill(redis_proc)
+            sigkill(redis_proc)
 
 
 # -- a worker killed mid-booking --------------------------------------------------------------------
@@ -313,7 +204,7 @@ async def test_worker_sigkilled_mid_bookings_leaves_holds_the_reaper_clears(
     services: Services, seeded_db: CloneDb, servers: Servers, redis_prefix: str
 ) -> None:
     day = future_day(services, 2)
-    slot_ids = await _resilience_slots(services, day, "KILL-WORKER-CT", WORKER_SLOTS, WORKER_CAPACITY)
+    slot_ids = await dedicated_slots(services, day, "KILL-WORKER-CT", WORKER_SLOTS, WORKER_CAPACITY)
     patients = await new_patients_with_orders(services.pool, WORKER_ATTEMPTS, ["CT-HEAD"])
     token = await token_for(services, "clerk")
     k = services.keys.day(day)
@@ -340,7 +231,7 @@ async def test_worker_sigkilled_mid_bookings_leaves_holds_the_reaper_clears(
         killer.start()
         outcomes = await asyncio.gather(
             *(
-                client.post("/api/v1/appointments", json=_booking(pid, oid, slot_ids[n % WORKER_SLOTS]))
+                client.post("/api/v1/appointments", json=booking_body(pid, oid, slot_ids[n % WORKER_SLOTS]))
                 for n, (pid, [oid]) in enumerate(patients)
             ),
             return_exceptions=True,
@@ -383,7 +274,7 @@ async def test_worker_sigkilled_mid_bookings_leaves_holds_the_reaper_clears(
     # PostgreSQL and Redis agree; every booking answered 201 is there, none over capacity; every
     # order is booked exactly when it has a live appointment.
     await assert_redis_matches_postgres(services, day)
-    _, live = await _postgres_outcome(services, slot_ids)
+    _, live = await postgres_outcome(services, slot_ids)
     assert set(ok) <= live
     assert await services.pool.fetchval(
         "SELECT count(*) FROM exam_order WHERE id = ANY($1::bigint[]) AND status <> 'ordered'",
