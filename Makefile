@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck bench clean
+.PHONY: run test lint typecheck bench mixed soak clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m load_tests.run_bench
+
+# The mixed clinical day (60 s), and its soak (SOAK_MINUTES, 30 by default; --soak-hours 72 by hand).
+mixed: $(STAMP)
+	$(BIN)/python -m load_tests.run_mixed --seconds 60
+
+SOAK_MINUTES ?= 30
+soak: $(STAMP)
+	$(BIN)/python -m load_tests.run_mixed --soak-minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) .data .pytest_cache .mypy_cache .ruff_cache

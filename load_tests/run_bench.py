@@ -136,7 +136,7 @@ def _proc_cpu(pid: int) -> tuple[int, float] | None:
 _CLIENT_BACKEND = re.compile(r"\d+\.\d+\.\d+\.\d+\(\d+\)|\[local\]|\[[0-9a-f:]+\]\(\d+\)")
 
 
-def _groups(server_pid: int) -> dict[str, list[int]]:
+def _groups(server_pid: int, db: str) -> dict[str, list[int]]:
     """The processes whose CPU a booking costs: the server (and any children), Redis, and PostgreSQL's
     postmaster, auxiliary processes and hy_bench backends (other databases' backends are left out:
     this machine's PostgreSQL is shared)."""
@@ -152,7 +152,7 @@ def _groups(server_pid: int) -> dict[str, list[int]]:
             groups["redis"].append(p.pid)
         elif name == "postgres" or name.startswith("postgres:"):
             cmd = " ".join(p.info["cmdline"] or [])
-            if _CLIENT_BACKEND.search(cmd) and f" {BENCH_DB} " not in cmd:
+            if _CLIENT_BACKEND.search(cmd) and f" {db} " not in cmd:
                 continue  # a backend of another database
             groups["postgres"].append(p.pid)
     return groups
@@ -165,9 +165,11 @@ class CpuSnapshot:
     children: float  # this process's waited-for children (the load generator)
 
 
-def cpu_snapshot(server_pid: int) -> CpuSnapshot:
+def cpu_snapshot(server_pid: int, db: str = BENCH_DB) -> CpuSnapshot:
+    """CPU times of the server (and children), Redis, and PostgreSQL's shared processes and `db`'s
+    backends, and of this process's waited-for children (the load generator)."""
     procs: dict[str, dict[tuple[int, int], float]] = {}
-    for group, pids in _groups(server_pid).items():
+    for group, pids in _groups(server_pid, db).items():
         procs[group] = {}
         for pid in pids:
             got = _proc_cpu(pid)

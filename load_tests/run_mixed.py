@@ -158,16 +158,16 @@ def locust_cmd(locustfile: Path, users: int, spawn: float, seconds: float, prefi
     ]
 
 
-def run_ping(server: Server, users: int, seconds: int, work: Path) -> dict[str, Any]:
+def run_ping(server: Server, db: str, users: int, seconds: int, work: Path) -> dict[str, Any]:
     prefix = work / "ping"
     final = Path(f"{prefix}_final_stats.csv")
     final.unlink(missing_ok=True)
     env = {**os.environ, "HY_LOCUST_FINAL_CSV": str(final)}
     cmd = locust_cmd(HERE / "locustfile_ping.py", users, users, seconds, prefix, server.base)
     log(f"locust ping: -u {users} -t {seconds}s")
-    before = cpu_snapshot(server.proc.pid)  # type: ignore[union-attr]
+    before = cpu_snapshot(server.proc.pid, db)  # type: ignore[union-attr]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 90, check=False, env=env, cwd=ROOT)
-    after = cpu_snapshot(server.proc.pid)  # type: ignore[union-attr]
+    after = cpu_snapshot(server.proc.pid, db)  # type: ignore[union-attr]
     (work / "ping.out").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     path = final if final.exists() else Path(f"{prefix}_stats.csv")
     if not path.exists():
@@ -775,8 +775,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"a run of {args.duration / 3600:.0f} h leaves no booking days inside the horizon", file=sys.stderr)
         return 2
 
-    # The CPU accounting of run_bench counts PostgreSQL backends of its own database only.
-    run_bench.BENCH_DB = args.db
     work = args.workdir or RESULTS / args.db  # one per database: concurrent runs never share files
     work.mkdir(parents=True, exist_ok=True)
     db_url = with_database(database_url, args.db)
@@ -855,7 +853,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"server ready on {server.base} (pid {server.proc.pid}, workers {args.workers})")  # type: ignore[union-attr]
         ping = None
         if args.ping_seconds > 0:
-            ping = run_ping(server, args.ping_users, args.ping_seconds, work)
+            ping = run_ping(server, args.db, args.ping_users, args.ping_seconds, work)
             log(f"/ping: {ping['rps']:,.0f} req/s, p50 {ping['p50_ms']} ms, {ping['errors']} errors")
             result["ping"] = ping
 
@@ -873,7 +871,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         if args.soak:
             sampler = Sampler(server, db_url, args.db, redis_url, args.prefix)
-        before = cpu_snapshot(server.proc.pid)  # type: ignore[union-attr]
+        before = cpu_snapshot(server.proc.pid, args.db)  # type: ignore[union-attr]
         baseline = sampler.sample(None) if sampler else None
         out_file = (work / "mixed.out").open("w")
         t0 = time.monotonic()
@@ -900,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait()
         finally:
             out_file.close()
-        after = cpu_snapshot(server.proc.pid)  # type: ignore[union-attr]
+        after = cpu_snapshot(server.proc.pid, args.db)  # type: ignore[union-attr]
         res = collect_mixed(work)
         res["cpu"] = cpu_delta(before, after)
         meta = {
