@@ -27,7 +27,7 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 class DatabaseSettings(msgspec.Struct, frozen=True):
     url: str | None  # None: start the embedded server
     pool_min: int = 2
-    pool_max: int = 20
+    pool_max: int = 6  # per process; see docs/operations.md (fewer backends contend less)
     command_timeout_s: float = 10.0
 
 
@@ -107,7 +107,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         database=DatabaseSettings(
             url=env.get("DATABASE_URL") or None,
             pool_min=env_int(env, "HY_DB_POOL_MIN", 2),
-            pool_max=env_int(env, "HY_DB_POOL_MAX", 20),
+            pool_max=env_int(env, "HY_DB_POOL_MAX", 6),
         ),
         redis=RedisSettings(
             url=redis_url,

@@ -265,18 +265,26 @@ async def queue_patients(conn: asyncpg.Connection | asyncpg.Pool, appointment_id
 # -- no-shows and credit -------------------------------------------------------------------------
 
 
+NO_SHOW_LOOKBACK_DAYS = 7
+
+
 async def no_show_due(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, now: datetime) -> list[int]:
-    """Live appointments not checked in by slot end + the exam type's grace."""
+    """Live appointments not checked in by slot end + the exam type's grace, among those that ended
+    in the last NO_SHOW_LOOKBACK_DAYS: the bounds on ends_at let the index skip every future booking
+    and the long history of exams done (their appointments stay 'booked'); the sweep runs every
+    minute, so only an outage longer than the look-back leaves a no-show unmarked."""
     async with database_errors():
         rows = await conn.fetch(
             """SELECT a.id FROM appointment a
                  JOIN exam_order o ON o.id = a.order_id
                  JOIN exam_type t ON t.code = a.exam_code
                 WHERE a.hospital_id = $1 AND a.status = 'booked' AND o.status IN ('booked', 'paid')
+                  AND a.ends_at < $2 AND a.ends_at > $2 - make_interval(days => $3)
                   AND a.ends_at + make_interval(mins => t.noshow_grace_min) < $2
                 ORDER BY a.ends_at, a.id LIMIT 1000""",
             hospital_id,
             now,
+            NO_SHOW_LOOKBACK_DAYS,
         )
     return [int(r["id"]) for r in rows]
 
