@@ -139,10 +139,9 @@ async def rule_context(
                                 'e', extract(epoch FROM a.ends_at)::bigint,
                                 'resource_id', a.resource_id, 'campus_id', r.campus_id)
                                 ORDER BY a.starts_at), '[]'::jsonb)
-                         FROM (SELECT * FROM appointment x WHERE x.patient_id = p.id AND x.status = 'booked'
-                                OFFSET 0) a  -- the patient's rows by their index, never a walk of every live one
-                         JOIN resource r ON r.id = a.resource_id
-                        WHERE a.starts_at < $3 AND a.ends_at > $2) AS appointments
+                         FROM (SELECT * FROM appointment x WHERE x.patient_id = p.id OFFSET 0) a
+                         JOIN resource r ON r.id = a.resource_id  -- the fence: the patient's rows by their index
+                        WHERE a.status = 'booked' AND a.starts_at < $3 AND a.ends_at > $2) AS appointments
                  FROM patient p WHERE p.id = $1""",
             patient_id,
             start,
