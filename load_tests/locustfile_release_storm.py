@@ -27,6 +27,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 from typing import Any
 
 import gevent
@@ -104,6 +105,10 @@ class BookingUser(FastHttpUser):
     def on_start(self) -> None:
         shared.load()
         shared.active_bookers += 1
+        if OPEN_RATE_PER_USER > 0:
+            # Paced users start at random points of their first period: an open arrival from the
+            # first second, not a burst of every user at once followed by a queue.
+            gevent.sleep(random.uniform(0, 1 / OPEN_RATE_PER_USER))
         if LOGIN_MODE == "per-user":
             self.token = _login(self)
         else:
