@@ -594,6 +594,44 @@ class Bench:
 
 
 # ------------------------------------------------------------------------------------------------
+# Raw Redis: EVALSHA of a one-counter script, the ceiling of one Lua call on this Redis
+# ------------------------------------------------------------------------------------------------
+
+RAW_SCRIPT = "return redis.call('HINCRBY', KEYS[1], 'b', 1)"
+
+
+def raw_evalsha(redis_url: str, requests: int = 100_000, clients: int = 50) -> dict[str, Any]:
+    """redis-benchmark (-c clients, no pipelining) running EVALSHA of a script that bumps one hash
+    field, as grab.lua does at its core, against the benchmark's Redis in the same run."""
+    exe = shutil.which("redis-benchmark") or shutil.which("valkey-benchmark")
+    if exe is None:
+        return {"skipped": "redis-benchmark not installed"}
+    parts = urlsplit(redis_url)
+    client = redis.Redis.from_url(redis_url)
+    key = f"{REDIS_PREFIX}:raw:evalsha"
+    try:
+        sha = str(client.script_load(RAW_SCRIPT))
+        cmd = [exe, "-h", parts.hostname or "127.0.0.1", "-p", str(parts.port or 6379)]
+        if parts.password:
+            cmd += ["-a", parts.password]
+        cmd += ["--dbnum", (parts.path or "/0").lstrip("/") or "0", "-n", str(requests), "-c", str(clients)]
+        cmd += ["--csv", "EVALSHA", sha, "1", key]
+        log(f"raw EVALSHA: redis-benchmark -n {requests} -c {clients}")
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+        row = next(csv.DictReader(out.stdout.splitlines()), None)
+        if out.returncode != 0 or row is None:
+            return {"skipped": f"redis-benchmark failed ({out.returncode}): {out.stderr[-300:]}"}
+        return {
+            "rps": float(row["rps"]),
+            "p50_ms": float(row["p50_latency_ms"]),
+            "p99_ms": float(row["p99_latency_ms"]),
+        }
+    finally:
+        client.delete(key)
+        client.close()
+
+
+# ------------------------------------------------------------------------------------------------
 # Report
 # ------------------------------------------------------------------------------------------------
 
@@ -602,7 +640,7 @@ def _f(v: float | None, fmt: str = ",.0f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
+def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
     by: dict[tuple[str, str], Run] = {(r.tool, r.scenario): r for r in runs}
     tools = [t for t in ("wrk", "locust") if any(r.tool == t for r in runs)]
     summary: dict[str, Any] = {}
@@ -633,6 +671,14 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
             print(
                 f"ratio bookings/ping          {ratio:.3f}   (PERFORMANCE.md minimal path: {MINIMAL_PATH_RATIO}; "
                 f"this run = {ratio / MINIMAL_PATH_RATIO:.0%} of it)"
+            )
+        raw = (extra or {}).get("evalsha", {})
+        if book and raw.get("rps"):
+            ratio = book.bookings_per_s / raw["rps"]
+            s["bookings_per_evalsha"] = round(ratio, 4)
+            print(
+                f"ratio bookings/raw EVALSHA   {ratio:.4f}   (redis-benchmark -c 50, same Redis, same run: "
+                f"{raw['rps']:,.0f}/s, p99 {raw['p99_ms']:.2f} ms)"
             )
         if ping and storm:
             ratio = storm.attempts_per_s / ping.rps if ping.rps else 0.0
@@ -711,6 +757,11 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
             summary.setdefault("open_arrival", []).append(
                 {"offered": offered, "booked_per_s": round(r.bookings_per_s, 1), "p99_ms": r.p99_ms, "errors": r.errors}
             )
+    raw = (extra or {}).get("evalsha", {})
+    if raw.get("skipped"):
+        print(f"\nraw EVALSHA: {raw['skipped']}")
+    elif raw:
+        summary["raw_evalsha"] = raw
     for skipped in meta.get("skipped", []):
         print(f"\n{skipped}")
     print(line)
@@ -754,23 +805,33 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def local_servers(tool: str, db: str, prefix: str) -> tuple[str, str] | None:
+    """DATABASE_URL and REDIS_URL when both are set and name this machine; else None, with the reason
+    printed (the drivers create and drop databases there: never anywhere else)."""
     database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
     if not database_url or not redis_url:
         print(
-            "run_bench needs DATABASE_URL and REDIS_URL, e.g.\n"
+            f"{tool} needs DATABASE_URL and REDIS_URL, e.g.\n"
             "  DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 "
-            "python -m load_tests.run_bench\n"
-            f"(it creates and drops the database {BENCH_DB} on that server and uses Redis keys {REDIS_PREFIX}:*)",
+            f"python -m load_tests.{tool}\n"
+            f"(it creates and drops the database {db} on that server and uses Redis keys {prefix}:*)",
             file=sys.stderr,
         )
-        return 2
+        return None
     for url in (database_url, redis_url):
         host = urlsplit(url).hostname
         if host not in ("127.0.0.1", "localhost", "::1"):
             print(f"refusing a non-local server: {host}", file=sys.stderr)
-            return 2
+            return None
+    return database_url, redis_url
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    urls = local_servers("run_bench", BENCH_DB, REDIS_PREFIX)
+    if urls is None:
+        return 2
+    database_url, redis_url = urls
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
@@ -801,6 +862,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     server = Server(env, free_port(), RESULTS / "server.log")
     runs: list[Run] = []
+    extra: dict[str, Any] = {}  # the raw EVALSHA ceiling
     load_before = os.getloadavg()
     try:
         log(f"recreating database {BENCH_DB}; deleting {REDIS_PREFIX}:* keys")
@@ -835,6 +897,8 @@ def main(argv: list[str] | None = None) -> int:
             measure = bench.wrk if tool == "wrk" else bench.locust
             if "ping" in scenarios:
                 runs.append(measure("ping"))
+                if "evalsha" not in extra:
+                    extra["evalsha"] = raw_evalsha(redis_url)
             if "booking" in scenarios:
                 cap = args.booking_rate_cap if tool == "wrk" else max(1000, args.booking_rate_cap * 3 // 4)
                 data = bench.prepare(next(days), n_patients=cap * args.seconds, n_slots=20, capacity=100_000)
@@ -877,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": f"{os.getloadavg()[0]:.2f}",
         "skipped": skipped,
     }
-    summary = report(runs, meta)
+    summary = report(runs, meta, extra)
     if warnings:
         print(f"server log ({server.log_path}): {len(warnings)} warning/error lines")
         for name, n in exceptions.most_common(5):

@@ -64,6 +64,7 @@ from load_tests.run_bench import (
     drop_database,
     free_port,
     http_json,
+    local_servers,
     recreate_database,
     with_database,
 )
@@ -749,21 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     # explicitly, since a shell's background job starts with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    database_url, redis_url = os.environ.get("DATABASE_URL"), os.environ.get("REDIS_URL")
-    if not database_url or not redis_url:
-        print(
-            "run_mixed needs DATABASE_URL and REDIS_URL, e.g.\n"
-            "  DATABASE_URL=postgresql://postgres@127.0.0.1:5432/postgres REDIS_URL=redis://127.0.0.1:6379/0 "
-            "python -m load_tests.run_mixed\n"
-            f"(it creates and drops the database {args.db} on that server and uses Redis keys {args.prefix}:*)",
-            file=sys.stderr,
-        )
+    urls = local_servers("run_mixed", args.db, args.prefix)
+    if urls is None:
         return 2
-    for url in (database_url, redis_url):
-        host = urlsplit(url).hostname
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            print(f"refusing a non-local server: {host}", file=sys.stderr)
-            return 2
+    database_url, redis_url = urls
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", args.db) or args.db in ("postgres", "template0", "template1"):
         print(f"refusing database name {args.db!r}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -242,6 +243,30 @@ async def postgres_outcome(services: Services, slot_ids: list[int]) -> tuple[dic
     for r in slots:
         assert r["booked"] == per_slot[r["id"]] <= r["capacity"], (dict(r), per_slot[r["id"]])
     return {r["id"]: r["booked"] for r in slots}, {a["id"] for a in appts}
+
+
+async def book_every_place_left(
+    client: httpx.AsyncClient,
+    services: Services,
+    day: date,
+    slot_ids: list[int],
+    booked: dict[int, int],
+    fresh: Iterator[tuple[int, list[int]]],
+    capacity: int,
+) -> None:
+    """Through the API, book each slot's places left (capacity - booked[slot]) with fresh patients,
+    then one more, which must be refused FULL; afterwards every slot is full in PostgreSQL and Redis
+    agrees: bookings work again to the last place, and not one beyond."""
+    for sid in slot_ids:
+        tries = []
+        for _ in range(capacity - booked[sid] + 1):
+            p, [o] = next(fresh)
+            tries.append(await client.post("/api/v1/appointments", json=booking_body(p, o, sid)))
+        assert [r.status_code for r in tries] == [201] * (capacity - booked[sid]) + [409]
+        assert tries[-1].json()["reason"] == "FULL"
+    per_slot, _ = await postgres_outcome(services, slot_ids)
+    assert set(per_slot.values()) == {capacity}
+    await assert_redis_matches_postgres(services, day)
 
 
 def assert_clear_503(response: httpx.Response) -> None:

@@ -47,6 +47,7 @@ from tests.helpers import (
     assert_clear_503,
     assert_redis_matches_postgres,
     availability_snapshot,
+    book_every_place_left,
     booking_body,
     dedicated_slots,
     future_day,
@@ -396,17 +397,7 @@ async def test_primary_killed_mid_storm_the_replica_takes_over_and_the_index_is_
             )
 
             # Bookings work to the last place: each slot's places left are taken, then it is FULL.
-            fresh = iter(later)
-            for sid in slot_ids:
-                tries = []
-                for _ in range(STORM_CAPACITY - per_slot[sid] + 1):
-                    p, [o] = next(fresh)
-                    tries.append(await client.post("/api/v1/appointments", json=booking_body(p, o, sid)))
-                assert [r.status_code for r in tries] == [201] * (STORM_CAPACITY - per_slot[sid]) + [409]
-                assert tries[-1].json()["reason"] == "FULL"
-        per_slot, _ = await postgres_outcome(svc, slot_ids)
-        assert set(per_slot.values()) == {STORM_CAPACITY}
-        await assert_redis_matches_postgres(svc, day)
+            await book_every_place_left(client, svc, day, slot_ids, per_slot, iter(later), STORM_CAPACITY)
     finally:
         await hub.close()
         await svc.close()

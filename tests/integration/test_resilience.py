@@ -34,6 +34,7 @@ from tests.helpers import (
     assert_clear_503,
     assert_redis_matches_postgres,
     availability_snapshot,
+    book_every_place_left,
     booking_body,
     dedicated_slots,
     future_day,
@@ -151,17 +152,7 @@ async def test_redis_killed_mid_storm_then_back_empty_heals_itself(seeded_db: Cl
             print(f"sweep after the empty restart rebuilt {len(horizon)} days in {heal_s:.2f}s")
 
             # Bookings work again: each slot's places left are taken, then it answers FULL.
-            fresh = iter(later[1:])
-            for sid in slot_ids:
-                tries = []
-                for _ in range(STORM_CAPACITY - per_slot[sid] + 1):
-                    p, [o] = next(fresh)
-                    tries.append(await client.post("/api/v1/appointments", json=booking_body(p, o, sid)))
-                assert [r.status_code for r in tries] == [201] * (STORM_CAPACITY - per_slot[sid]) + [409]
-                assert tries[-1].json()["reason"] == "FULL"
-        per_slot, live = await postgres_outcome(svc, slot_ids)
-        assert set(per_slot.values()) == {STORM_CAPACITY}
-        await assert_redis_matches_postgres(svc, day)
+            await book_every_place_left(client, svc, day, slot_ids, per_slot, iter(later[1:]), STORM_CAPACITY)
     finally:
         await svc.close()
         if redis_proc.poll() is None:
