@@ -496,6 +496,64 @@ class Bench:
         run.cpu = cpu_delta(before, after)
         return run
 
+    # -- open loop ---------------------------------------------------------------------------
+
+    def open_loop(self, rate: float, data: StormData) -> Run:
+        """Bookings arriving at `rate` a second whatever the answers (load_tests/open_loop.py)."""
+        a = self.args
+        scenario = f"open{rate:g}"
+        pairs = data.write_pairs_txt(self.workdir / f"{scenario}_pairs.txt")
+        cmd = [
+            sys.executable,
+            "-m",
+            "load_tests.open_loop",
+            "--url",
+            self.server.base,
+            "--token",
+            self.clerk_token,
+            "--pairs",
+            str(pairs),
+            "--slots",
+            ",".join(str(s) for s in data.slot_ids),
+            "--rate",
+            str(rate),
+            "--seconds",
+            str(a.seconds),
+        ]
+        log(f"open loop {scenario}: {rate:,.0f} bookings/s offered for {a.seconds}s")
+        before = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.seconds + 120, check=False, cwd=ROOT)
+        after = cpu_snapshot(self.server.proc.pid)  # type: ignore[union-attr]
+        (self.workdir / f"{scenario}.out").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+        line = next((x for x in proc.stdout.splitlines() if x.startswith("OPENLOOP_JSON ")), None)
+        if line is None:
+            raise RuntimeError(f"open_loop printed no result (rc {proc.returncode}): {proc.stderr[-2000:]}")
+        j = json.loads(line[len("OPENLOOP_JSON ") :])
+        lat = j["latency_ms"]
+        run = Run(
+            "open_loop",
+            scenario,
+            requests=j["sent"],
+            seconds=j["seconds"],
+            rps=j["achieved_rate"],
+            booked=j["booked"],
+            full=j["full"],
+            errors=j["other"] + j["transport_errors"] + j["unanswered"],
+            attempts=j["answered"],
+            p50_ms=lat["p50"],
+            p95_ms=lat["p95"],
+            p99_ms=lat["p99"],
+            max_ms=lat["max"],
+            pairs=len(data.pairs),
+            exhausted=j["pairs_exhausted"],
+        )
+        run.cpu = cpu_delta(before, after)
+        run.notes += [f"open loop: {x}" for x in j["other_samples"]]
+        if j["unanswered"]:
+            run.notes.append(f"{j['unanswered']} requests still unanswered after the drain")
+        run.notes.append(f"open loop used {j['connections']} connections")
+        return run
+
     # -- Locust ------------------------------------------------------------------------------
 
     def locust(self, scenario: str, data: StormData | None = None, open_rate: float | None = None) -> Run:
@@ -737,7 +795,7 @@ def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None =
         summary[tool] = s
     opens = [r for r in runs if r.scenario.startswith("open")]
     if opens:
-        print("\n--- open arrival (Locust, paced users) " + "-" * 60)
+        print(f"\n--- open arrival ({opens[0].tool}) " + "-" * 70)
         print(
             f"{'offered/s':>10}{'booked/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'errors':>8}"
             f"{'p99 < 100 ms':>14}   invariant"
@@ -754,6 +812,8 @@ def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None =
             cpu = r.cpu_us_per(r.booked)
             if cpu:
                 print("   CPU us per booking " + "  ".join(f"{k} {v:,.0f}" for k, v in cpu.items()))
+            for n in r.notes:
+                print(f"   note: {n}")
             summary.setdefault("open_arrival", []).append(
                 {"offered": offered, "booked_per_s": round(r.bookings_per_s, 1), "p99_ms": r.p99_ms, "errors": r.errors}
             )
@@ -799,7 +859,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="comma-separated bookings/s to offer as an open arrival rate under Locust, e.g. 250,500,1000",
     )
-    p.add_argument("--open-users", type=int, default=1000, help="paced Locust users of the open-arrival runs")
+    p.add_argument(
+        "--open-tool",
+        choices=("open_loop", "locust"),
+        default="open_loop",
+        help="what offers the open-arrival rate: load_tests/open_loop.py (default) or paced Locust users",
+    )
+    p.add_argument("--open-users", type=int, default=1000, help="paced Locust users (--open-tool locust)")
     p.add_argument("--scenarios", default="ping,booking,storm", help="comma-separated subset of ping, booking, storm")
     p.add_argument("--keep", action="store_true", help="keep the hy_bench database and hybench:* keys")
     return p.parse_args(argv)
@@ -915,7 +981,10 @@ def main(argv: list[str] | None = None) -> int:
             # Enough pairs for the whole run at the offered rate, plus a margin.
             pairs = int(rate * args.seconds * 1.2) + 100
             data = bench.prepare(next(days), n_patients=pairs, n_slots=20, capacity=100_000)
-            run = bench.locust(f"open{rate:g}", data, open_rate=rate)
+            if args.open_tool == "locust":
+                run = bench.locust(f"open{rate:g}", data, open_rate=rate)
+            else:
+                run = bench.open_loop(rate, data)
             bench.verify(data, run)
             runs.append(run)
     finally:
