@@ -9,6 +9,10 @@ The protocol (JSON text frames, server to client):
 * ``{"type":"heartbeat"}`` — when nothing happened for `heartbeat_s`, so a screen can tell a quiet
   day from a dead network and show its "reconnecting" mark.
 
+The utilisation wall (`/ws/wall`, realtime/live.py) has no deltas: every frame, the first one
+included, is the whole set of figures, typed ``{"type":"metrics","seq":n,"data":...}``, and plays
+the part of the snapshot.
+
 Client to server: ``{"type":"auth","token":...}`` (first frame, see app/api/routing.py::ws_route),
 ``{"type":"resync"}``, and ``{"type":"ack","seq":n}`` — the last frame it has handled, at least
 every 16 frames. A client more than `max_unacked` frames behind is too slow and is
