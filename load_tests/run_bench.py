@@ -698,7 +698,7 @@ def _f(v: float | None, fmt: str = ",.0f") -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
+def report(runs: list[Run], meta: dict[str, Any], ceilings: dict[str, Any] | None = None) -> dict[str, Any]:
     by: dict[tuple[str, str], Run] = {(r.tool, r.scenario): r for r in runs}
     tools = [t for t in ("wrk", "locust") if any(r.tool == t for r in runs)]
     summary: dict[str, Any] = {}
@@ -730,7 +730,7 @@ def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None =
                 f"ratio bookings/ping          {ratio:.3f}   (PERFORMANCE.md minimal path: {MINIMAL_PATH_RATIO}; "
                 f"this run = {ratio / MINIMAL_PATH_RATIO:.0%} of it)"
             )
-        raw = (extra or {}).get("evalsha", {})
+        raw = (ceilings or {}).get("evalsha", {})
         if book and raw.get("rps"):
             ratio = book.bookings_per_s / raw["rps"]
             s["bookings_per_evalsha"] = round(ratio, 4)
@@ -803,11 +803,11 @@ def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None =
         for r in opens:
             offered = float(r.scenario[4:])
             inv = r.invariant
-            ok = inv.get("ok") and inv.get("redis", {}).get("ok")
+            inv_ok = bool(inv.get("ok") and inv.get("redis", {}).get("ok"))
             print(
                 f"{offered:>10,.0f}{r.bookings_per_s:>10,.0f}{_f(r.p50_ms, '.1f'):>9}{_f(r.p95_ms, '.1f'):>9}"
                 f"{_f(r.p99_ms, '.1f'):>9}{_f(r.max_ms, '.0f'):>9}{r.errors:>8,}"
-                f"{'yes' if (r.p99_ms or 1e9) < 100 else 'NO':>14}   {'OK' if ok else 'VIOLATION'}"
+                f"{'yes' if (r.p99_ms or 1e9) < 100 else 'NO':>14}   {'OK' if inv_ok else 'VIOLATION'}"
             )
             cpu = r.cpu_us_per(r.booked)
             if cpu:
@@ -817,7 +817,7 @@ def report(runs: list[Run], meta: dict[str, Any], extra: dict[str, Any] | None =
             summary.setdefault("open_arrival", []).append(
                 {"offered": offered, "booked_per_s": round(r.bookings_per_s, 1), "p99_ms": r.p99_ms, "errors": r.errors}
             )
-    raw = (extra or {}).get("evalsha", {})
+    raw = (ceilings or {}).get("evalsha", {})
     if raw.get("skipped"):
         print(f"\nraw EVALSHA: {raw['skipped']}")
     elif raw:
@@ -928,7 +928,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     server = Server(env, free_port(), RESULTS / "server.log")
     runs: list[Run] = []
-    extra: dict[str, Any] = {}  # the raw EVALSHA ceiling
+    ceilings: dict[str, Any] = {}  # the raw EVALSHA ceiling
     load_before = os.getloadavg()
     try:
         log(f"recreating database {BENCH_DB}; deleting {REDIS_PREFIX}:* keys")
@@ -963,8 +963,8 @@ def main(argv: list[str] | None = None) -> int:
             measure = bench.wrk if tool == "wrk" else bench.locust
             if "ping" in scenarios:
                 runs.append(measure("ping"))
-                if "evalsha" not in extra:
-                    extra["evalsha"] = raw_evalsha(redis_url)
+                if "evalsha" not in ceilings:
+                    ceilings["evalsha"] = raw_evalsha(redis_url)
             if "booking" in scenarios:
                 cap = args.booking_rate_cap if tool == "wrk" else max(1000, args.booking_rate_cap * 3 // 4)
                 data = bench.prepare(next(days), n_patients=cap * args.seconds, n_slots=20, capacity=100_000)
@@ -1010,7 +1010,7 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_after": f"{os.getloadavg()[0]:.2f}",
         "skipped": skipped,
     }
-    summary = report(runs, meta, extra)
+    summary = report(runs, meta, ceilings)
     if warnings:
         print(f"server log ({server.log_path}): {len(warnings)} warning/error lines")
         for name, n in exceptions.most_common(5):
