@@ -22,7 +22,7 @@ from app.settings import load_settings
     [
         "redis://127.0.0.1:6379/0",
         "redis://:secret@redis.example:6380/2",
-        "redis://user:secret@redis.example",
+        "redis://user:secret@redis.example",  # secret-scan: allow - a made-up password in a URL-parsing test
         "rediss://redis.example:6380/0?ssl_cert_reqs=required",
         "unix:///run/redis.sock?db=1",
         "REDIS://localhost",
