@@ -64,7 +64,11 @@ class ClinicDesk:
             return ClinicAnswer(
                 patient_id, proposal.orders, today.isoformat(), True, False, None, None, [], payload(best), []
             )
-        later = await self.plans.propose(actor, patient_id, CHANNEL, order_ids=proposal.orders, max_plans=3)
+        # From the visit day on: in production that is today anyway; a test's visit day in the future
+        # must not be offered places before it (the test failed when run just after midnight, hospital time).
+        later = await self.plans.propose(
+            actor, patient_id, CHANNEL, order_ids=proposal.orders, earliest=today, max_plans=3
+        )
         options = [p for p in later.result.plans if p.items]
         rule_ids = _rules_of(best) if best is not None else []
         names = "、".join(u.exam_name for u in best.unplaced) if best is not None else ""
