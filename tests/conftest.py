@@ -185,7 +185,9 @@ async def services(
 # hospital's patients and the tests' own). A test whose code logged one fails.
 
 _ID_NUMBER = re.compile(r"(?<![0-9A-Za-z])\d{17}[\dXx](?![0-9A-Za-z])")
-_MOBILE = re.compile(r"(?<!\d)1[3-9]\d{9}(?!\d)")
+# Not inside a run of letters and digits (like the ID number above): a hex id such as a hold id
+# "…b465b14628202146-0" holds eleven digits that only look like a mobile number.
+_MOBILE = re.compile(r"(?<![0-9A-Za-z])1[3-9]\d{9}(?![0-9A-Za-z])")
 _TEST_NAME = re.compile(r"测试患者\d+")
 _NAMES = sorted({p.name for p in PATIENTS if len(p.name) >= 2}, key=len, reverse=True)
 

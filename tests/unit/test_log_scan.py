@@ -13,3 +13,7 @@ def test_the_scan_finds_id_numbers_phones_and_names_and_leaves_ids_and_times_alo
     assert personal_data_in(f"patient {who.name} booked") == [who.name]
     assert personal_data_in("created 测试患者12") == ["测试患者12"]
     assert personal_data_in("appointment 123 at 1796000000000 ms, slot 4567, MSH-10 HY136, A0000000123") == []
+    # a hold id (hex) with eleven digits in a row is not a phone; a phone after "=" or a CJK word is
+    assert personal_data_in("reaper released hold 27f97b71e0984080b465b14628202146-0") == []
+    assert personal_data_in("phone=13812345678") == ["13812345678"]
+    assert personal_data_in("电话13812345678已发送") == ["13812345678"]
