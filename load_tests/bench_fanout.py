@@ -25,7 +25,6 @@ import asyncio
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 import uuid
@@ -41,12 +40,12 @@ import websockets
 
 from load_tests.run_bench import (
     RESULTS,
-    ROOT,
     Server,
     delete_redis_keys,
     drop_database,
     free_port,
     recreate_database,
+    seed_demo,
     with_database,
     working_days_ahead,
 )
@@ -232,11 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     server = Server(env, free_port(), RESULTS / "fanout-server.log")
     try:
         asyncio.run(recreate_database(database_url, BENCH_DB))
-        seed = subprocess.run(
-            [sys.executable, "-m", "app", "seed-demo"], cwd=ROOT, env=env, capture_output=True, check=False
-        )
-        if seed.returncode != 0:
-            raise RuntimeError(seed.stderr.decode()[-2000:])
+        seed_demo(env)
         server.start()
         assert server.proc is not None
         args.server_pid = server.proc.pid

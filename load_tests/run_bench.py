@@ -229,6 +229,21 @@ def delete_redis_keys(redis_url: str, prefix: str) -> int:
         client.close()
 
 
+def seed_demo(env: dict[str, str], timeout_s: float = 300) -> None:
+    """`python -m app seed-demo` into the database of `env`; RuntimeError with its output if it fails."""
+    seed = subprocess.run(
+        [sys.executable, "-m", "app", "seed-demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+    if seed.returncode != 0:
+        raise RuntimeError(f"seed-demo failed: {seed.stdout[-1000:]}{seed.stderr[-2000:]}")
+
+
 class Server:
     def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
         self.env = env
@@ -934,17 +949,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"recreating database {BENCH_DB}; deleting {REDIS_PREFIX}:* keys")
         asyncio.run(recreate_database(database_url, BENCH_DB))
         delete_redis_keys(redis_url, REDIS_PREFIX)
-        seed = subprocess.run(
-            [sys.executable, "-m", "app", "seed-demo"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-            check=False,
-        )
-        if seed.returncode != 0:
-            raise RuntimeError(f"seed-demo failed: {seed.stdout[-1000:]}{seed.stderr[-2000:]}")
+        seed_demo(env)
         log(f"seeded; starting the server on {server.base}")
         server.start()
         server_proc = psutil.Process(server.proc.pid)  # type: ignore[union-attr]

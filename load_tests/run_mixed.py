@@ -66,6 +66,7 @@ from load_tests.run_bench import (
     http_json,
     local_servers,
     recreate_database,
+    seed_demo,
     with_database,
 )
 
@@ -801,17 +802,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"recreating database {args.db}; deleting {args.prefix}:* keys")
         asyncio.run(recreate_database(database_url, args.db))
         delete_redis_keys(redis_url, args.prefix)
-        seed = subprocess.run(
-            [sys.executable, "-m", "app", "seed-demo"],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=300,
-            check=False,
-        )
-        if seed.returncode != 0:
-            raise RuntimeError(f"seed-demo failed: {seed.stdout[-1000:]}{seed.stderr[-2000:]}")
+        seed_demo(env)
         first_day = hospital_today() + timedelta(days=days_needed)
         pool_days = [first_day + timedelta(days=n) for n in range(POOL_DAYS)]
         n = sizes(args)
