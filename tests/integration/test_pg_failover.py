@@ -25,7 +25,6 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
 
 import asyncpg
 import pytest
@@ -41,7 +40,13 @@ from app.security.actor import Actor
 from app.services import Services
 from app.settings import PROJECT_ROOT, DatabaseSettings
 from tests.conftest import Servers, make_settings
-from tests.helpers import actor_for, assert_redis_matches_postgres, future_day, new_patients_with_orders
+from tests.helpers import (
+    actor_for,
+    assert_redis_matches_postgres,
+    dedicated_slots,
+    future_day,
+    new_patients_with_orders,
+)
 from tests.live_server import free_ports
 
 pytestmark = pytest.mark.slow
@@ -131,30 +136,6 @@ async def failover_services(
             svc.pool.terminate()
 
 
-async def _storm_slots(services: Services, day: date) -> list[int]:
-    """A dedicated CT room with SLOTS windows of CAPACITY places (no channel quotas) on `day`."""
-    await services.pool.execute(
-        """INSERT INTO resource (id, hospital_id, department_id, campus_id, kind, modality, name)
-           VALUES ('FAILOVER-CT', 'h1', 'RAD', 'main', 'device', 'CT', '主备切换CT')"""
-    )
-    await services.pool.execute("INSERT INTO exam_capability VALUES ('CT-HEAD', 'FAILOVER-CT')")
-    start = datetime.combine(day, datetime.min.time(), services.reconciler.tz) + timedelta(hours=8)
-    ids = [
-        await services.pool.fetchval(
-            """INSERT INTO slot (hospital_id, resource_id, day, starts_at, ends_at, capacity)
-               VALUES ('h1', 'FAILOVER-CT', $1, $2, $3, $4) RETURNING id""",
-            day,
-            start + timedelta(minutes=30 * n),
-            start + timedelta(minutes=30 * (n + 1)),
-            CAPACITY,
-        )
-        for n in range(SLOTS)
-    ]
-    await services.reload_catalogue()
-    await services.reconciler.reconcile_day(day)
-    return ids
-
-
 @dataclass
 class Outcomes:
     booked: list[tuple[float, int, int]] = field(default_factory=list)  # (when, patient, appointment)
@@ -232,7 +213,7 @@ async def _reap_until_settled(services: Services) -> ReapReport:
 async def test_failover_mid_storm_loses_no_committed_booking(failover_services: Services, pair: Pair) -> None:
     services = failover_services
     day = future_day(services, 2)
-    slot_ids = await _storm_slots(services, day)
+    slot_ids = await dedicated_slots(services, day, "FAILOVER-CT", SLOTS, CAPACITY)
     clerk = await actor_for(services, "clerk")
     patients = [(pid, oid) for pid, [oid] in await new_patients_with_orders(services.pool, PATIENTS, ["CT-HEAD"])]
     storm = Storm(services, clerk, slot_ids, patients)
