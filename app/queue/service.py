@@ -44,6 +44,7 @@ from app.settings import BookingSettings
 logger = logging.getLogger(__name__)
 
 BARCODE_PREFIX = "A"
+REBUILD_ROUNDS = 4  # loads of a replacing rebuild before it leaves the room-day to the next sweep
 # Actions on one entry: the entry states they start from are checked by the script; those that are
 # a step of the closed loop name it.
 ORDER_STEPS = {"start": "started", "finish": "done", "abort": "aborted"}
@@ -144,10 +145,9 @@ class QueueService:
 
     # -- reading and rebuilding -----------------------------------------------------------------
 
-    async def rebuild(self, resource_id: str, day: date) -> QueueResult:
-        """The room-day's queue from PostgreSQL into Redis (the waiting in key order)."""
+    async def _entries(self, resource_id: str, day: date) -> list[QueueEntry]:
         rows = await order_repo.queue_entries(self.pool, resource_id, day)
-        entries = [
+        return [
             QueueEntry(
                 id=str(r["appointment_id"]),
                 t=r["ticket"],
@@ -164,10 +164,34 @@ class QueueService:
             )
             for r in rows
         ]
-        result = await self.store.load(resource_id, day, self.now_ms(), entries)
-        self._dirty.discard((resource_id, day))
-        logger.info("queue %s %s rebuilt from PostgreSQL: %d entries", resource_id, day, len(entries))
+
+    async def load_missing(self, resource_id: str, day: date) -> QueueResult:
+        """Load the room-day's queue from PostgreSQL unless Redis has it already (the NOT_LOADED path).
+        Two callers may race here with snapshots read at different moments; only the first one loads,
+        so an older snapshot never replaces a queue that has since taken a check-in. Each caller then
+        re-runs its own op on what is loaded."""
+        entries = await self._entries(resource_id, day)
+        result = await self.store.load(resource_id, day, self.now_ms(), entries, fill=True)
+        logger.info("queue %s %s loaded from PostgreSQL: %d entries", resource_id, day, len(entries))
         return result
+
+    async def rebuild(self, resource_id: str, day: date) -> QueueResult:
+        """Replace the room-day's queue in Redis with PostgreSQL's (after a failover, or to undo an
+        action PostgreSQL refused). A check-in committed after the read may have been placed in Redis
+        before the replacement and wiped by it, so PostgreSQL is read again after each load, and the
+        queue loaded again until the two reads agree."""
+        entries = await self._entries(resource_id, day)
+        for _ in range(REBUILD_ROUNDS):
+            result = await self.store.load(resource_id, day, self.now_ms(), entries)
+            again = await self._entries(resource_id, day)
+            if again == entries:
+                self._dirty.discard((resource_id, day))
+                logger.info("queue %s %s rebuilt from PostgreSQL: %d entries", resource_id, day, len(entries))
+                return result
+            entries = again
+        self._dirty.add((resource_id, day))  # still changing under us: the sweep tries again
+        logger.warning("queue %s %s changed during %d rebuilds; will rebuild again", resource_id, day, REBUILD_ROUNDS)
+        return await self.store.load(resource_id, day, self.now_ms(), entries)
 
     async def mark_loaded_dirty(self, day: date) -> int:
         """Mark for a rebuild every room queue of `day` that Redis has loaded: after a failover the
@@ -186,7 +210,7 @@ class QueueService:
     async def _run(self, resource_id: str, day: date, op: str, *args: str | int) -> QueueResult:
         result = await self.store.run(resource_id, day, op, self.now_ms(), *args)
         if result.code == "NOT_LOADED":
-            await self.rebuild(resource_id, day)
+            await self.load_missing(resource_id, day)
             result = await self.store.run(resource_id, day, op, self.now_ms(), *args)
         return result
 
@@ -371,10 +395,8 @@ class QueueService:
         """Put a checked-in entry into the Redis line (PostgreSQL already holds it)."""
         try:
             before = (await self.state(room.id, day)).state if notify else {}
-            result = await self.store.run(room.id, day, "add", self.now_ms(), _entry_json(entry))
-            if result.code == "NOT_LOADED":  # the rebuild reads the entry PostgreSQL just committed
-                result = await self.rebuild(room.id, day)
-            elif result.code == "EXISTS":
+            result = await self._run(room.id, day, "add", _entry_json(entry))
+            if result.code == "EXISTS":  # the load read the entry PostgreSQL had just committed
                 result = await self.state(room.id, day)
         except AppError as exc:
             # Checked in and recorded: the line catches up when Redis answers again.

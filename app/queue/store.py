@@ -75,6 +75,10 @@ class QueueStore:
             code.decode() if isinstance(code, bytes) else code, ident, int(seq), orjson.loads(text) if text else {}
         )
 
-    async def load(self, resource_id: str, day: date, now_ms: int, entries: Sequence[QueueEntry]) -> QueueResult:
-        """Replace the room-day's queue with `entries` (waiting ones in this order)."""
-        return await self.run(resource_id, day, "load", now_ms, msgspec.json.encode(list(entries)).decode())
+    async def load(
+        self, resource_id: str, day: date, now_ms: int, entries: Sequence[QueueEntry], *, fill: bool = False
+    ) -> QueueResult:
+        """Replace the room-day's queue with `entries` (waiting ones in this order); with `fill`, only
+        if it is not loaded (then the loaded queue is returned unchanged)."""
+        body = msgspec.json.encode(list(entries)).decode()
+        return await self.run(resource_id, day, "load", now_ms, body, *(["fill"] if fill else []))

@@ -11,6 +11,7 @@ import msgspec
 import pytest
 
 from app.booking.service import BookItem
+from app.db import order_repo
 from app.errors import AppError, CheckInRefused, OrderStateConflict, QueueActionRefused
 from app.notify.sweeps import schedule_report_notices
 from app.orders import lifecycle
@@ -246,6 +247,76 @@ async def test_emergency_insertion_during_concurrent_check_ins_keeps_one_order_a
     assert delayed, "moving a CT patient ahead of ten others delays someone by more than 5 minutes"
     assert {int(t["payload"]["appointment_id"]) for t in told} == delayed
     assert all("预计" in t["payload"]["message"] and "请留意叫号" in t["payload"]["message"] for t in told)
+    await assert_redis_matches_postgres(services, day)
+
+
+async def _two_checked_in_ready(services: Services) -> tuple[date, list[dict[str, Any]]]:
+    """Two paid CT patients of one room-day, the clock inside their check-in window."""
+    day = future_day(services, 2)
+    booked = await _book(services, "CT-HEAD", day, "CT1", count=2)
+    clerk = await actor_for(services, "clerk")
+    for b in booked:
+        await services.orders.apply(clerk, b["order_id"], "pay", "", "desk")
+    await services.pool.execute("UPDATE exam_type SET checkin_early_min = 600 WHERE code = 'CT-HEAD'")
+    _at(services, booked[0]["slot"]["starts_at"].timestamp() - 1800)
+    return day, booked
+
+
+def _pause_first_queue_read(monkeypatch: pytest.MonkeyPatch) -> tuple[asyncio.Event, asyncio.Event]:
+    """The first read of a room-day's queue from PostgreSQL returns only once `release` is set
+    (`read` tells that it has read): a snapshot that goes stale while another check-in commits."""
+    read, release = asyncio.Event(), asyncio.Event()
+    real = order_repo.queue_entries
+
+    async def paused(*args: Any) -> Any:
+        rows = await real(*args)
+        if not read.is_set():
+            read.set()
+            await release.wait()
+        return rows
+
+    monkeypatch.setattr(order_repo, "queue_entries", paused)
+    return read, release
+
+
+async def test_a_stale_queue_load_never_replaces_a_check_in_placed_meanwhile(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CI flake of session 4: with a room-day not loaded in Redis, two callers each read
+    PostgreSQL and load; the one with the older snapshot loaded last and a checked-in patient
+    vanished from the line. Here the older snapshot is held back deterministically."""
+    day, (a, b) = await _two_checked_in_ready(services)
+    clerk = await actor_for(services, "clerk")
+    await services.queues.check_in(clerk, a["appointment_id"], "desk")
+    await services.queues.store.client.delete(*services.queues.store.keys.day(day).queue("CT1"))  # lost
+    read, release = _pause_first_queue_read(monkeypatch)
+    screen = asyncio.create_task(services.queues.view("CT1", day))  # reads [a], then waits
+    await read.wait()
+    out = await services.queues.check_in(clerk, b["appointment_id"], "desk")  # loads [a, b]
+    assert out["ahead"] == 1
+    release.set()
+    shown = await screen
+    ids = [e["appointment_id"] for e in shown["waiting"]]
+    assert ids == [a["appointment_id"], b["appointment_id"]]
+    view = await services.queues.view("CT1", day)
+    assert [e["appointment_id"] for e in view["waiting"]] == ids
+    await assert_redis_matches_postgres(services, day)
+
+
+async def test_a_replacing_rebuild_reads_again_and_keeps_a_check_in_placed_meanwhile(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day, (a, b) = await _two_checked_in_ready(services)
+    clerk = await actor_for(services, "clerk")
+    await services.queues.check_in(clerk, a["appointment_id"], "desk")
+    read, release = _pause_first_queue_read(monkeypatch)
+    rebuild = asyncio.create_task(services.queues.rebuild("CT1", day))  # after a failover: reads [a]
+    await read.wait()
+    await services.queues.check_in(clerk, b["appointment_id"], "desk")  # placed in the loaded line
+    release.set()
+    await rebuild  # loads [a], reads [a, b], loads again
+    view = await services.queues.view("CT1", day)
+    assert [e["appointment_id"] for e in view["waiting"]] == [a["appointment_id"], b["appointment_id"]]
     await assert_redis_matches_postgres(services, day)
 
 

@@ -22,7 +22,10 @@ ARGV[5..]         the op's arguments:
   finish   id                            in_exam -> done
   leave    id                            out of the queue (aborted, cancelled)
   priority id, pc, mk                    new priority class; re-placed by its key
-  load     entries JSON array, in order  replace the whole queue (rebuilt from PostgreSQL)
+  load     entries JSON array, in order  replace the whole queue (rebuilt from PostgreSQL);
+           [fill]                        with 'fill': only if the queue is not loaded, else change nothing
+                                         (two rebuilds racing must not load an older snapshot over a newer
+                                         queue: the caller re-runs its op on whatever is loaded)
   state                                  read only
 
 The key of an entry is (pc, at, ci, id): priority class, then appointment time, then check-in time.
@@ -107,6 +110,10 @@ end
 
 local id, e = '', nil
 if op == 'load' then
+  if ARGV[6] == 'fill' and redis.call('EXISTS', okk) == 1 then
+    local seq = current_seq()
+    return {'OK', '', seq, state(seq)}
+  end
   redis.call('DEL', line, ent)
   for _, e in ipairs(cjson.decode(ARGV[5])) do
     put(e)
