@@ -22,6 +22,7 @@ from app.booking.relocate import Relocator
 from app.booking.service import BookingService
 from app.booking.slot_store import SlotStore
 from app.db import catalogue_repo
+from app.db.group_commit import ContextReads, GroupCommit
 from app.db.pool import create_pool
 from app.integrations.webhooks import WebhookRegistry
 from app.notify.factory import build_sender
@@ -178,6 +179,7 @@ class Services:
             refresh_catalogue=self.reload_catalogue,
         )
         self.credit = CreditService(pool, b.hospital_id, ZoneInfo(b.timezone))
+        db = settings.database
         self.booking = BookingService(
             pool,
             self.store,
@@ -189,6 +191,8 @@ class Services:
             self_change_cutoff_s=b.self_change_cutoff_h * 3600,
             rules=self.rules,
             credit=self.credit,
+            group_commit=GroupCommit(pool, max_batch=db.group_commit_max, in_flight=db.group_commit_in_flight),
+            context_reads=ContextReads(pool, max_batch=db.group_commit_max, in_flight=db.group_commit_in_flight),
         )
         self.plans = PlanService(pool, self.store, self.rules, self.booking, self.reconciler)
         self.clinic = ClinicDesk(self.plans, self.rules)
@@ -248,6 +252,14 @@ class Services:
         self.catalogue = await catalogue_repo.load_catalogue(self.pool, self.settings.booking.hospital_id)
 
     async def close(self) -> None:
+        gc = self.booking.group_commit.coalescer
+        if gc.calls:
+            logger.info(
+                "group commit: %d bookings in %d calls to PostgreSQL (%.2f per call)",
+                gc.items,
+                gc.calls,
+                gc.items / gc.calls,
+            )
         await self.live.close()
         await self.notifier.aclose()
         await self.pool.close()

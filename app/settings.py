@@ -29,6 +29,8 @@ class DatabaseSettings(msgspec.Struct, frozen=True):
     pool_min: int = 2
     pool_max: int = 6  # per process; see docs/operations.md (fewer backends contend less)
     command_timeout_s: float = 10.0
+    group_commit_max: int = 32  # bookings per group commit (app/db/group_commit.py); 1: off
+    group_commit_in_flight: int = 2  # group commits under way at once, per process
 
 
 class RedisSettings(msgspec.Struct, frozen=True):
@@ -97,6 +99,12 @@ class Settings(msgspec.Struct, frozen=True):
         return self.database.url is None or self.redis.url is None
 
 
+def _in_range(value: int, name: str, lo: int, hi: int) -> int:
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -108,6 +116,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             url=env.get("DATABASE_URL") or None,
             pool_min=env_int(env, "HY_DB_POOL_MIN", 2),
             pool_max=env_int(env, "HY_DB_POOL_MAX", 6),
+            group_commit_max=_in_range(env_int(env, "HY_GROUP_COMMIT_MAX", 32), "HY_GROUP_COMMIT_MAX", 1, 32),
+            group_commit_in_flight=_in_range(
+                env_int(env, "HY_GROUP_COMMIT_IN_FLIGHT", 2), "HY_GROUP_COMMIT_IN_FLIGHT", 1, 16
+            ),
         ),
         redis=RedisSettings(
             url=redis_url,

@@ -929,7 +929,7 @@ def main(argv: list[str] | None = None) -> int:
             "DATABASE_URL": bench_db_url,
             "REDIS_URL": redis_url,
             "HY_REDIS_PREFIX": REDIS_PREFIX,
-            "HY_LOG_LEVEL": "warning",
+            "HY_LOG_LEVEL": "info",  # the server's closing "group commit: ..." line is printed below
             # Thousands of bookings a second from one loopback address and a few accounts are the
             # point here, not abuse: the per-account and per-address limits stay out of the way.
             "HY_RATE_LIMITS": "0",
@@ -937,7 +937,13 @@ def main(argv: list[str] | None = None) -> int:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    for passthrough in ("HY_DB_POOL_MAX", "HY_DB_POOL_MIN", "HY_REDIS_MAX_CONNECTIONS"):
+    for passthrough in (
+        "HY_DB_POOL_MAX",
+        "HY_DB_POOL_MIN",
+        "HY_REDIS_MAX_CONNECTIONS",
+        "HY_GROUP_COMMIT_MAX",
+        "HY_GROUP_COMMIT_IN_FLIGHT",
+    ):
         if passthrough in os.environ:
             env[passthrough] = os.environ[passthrough]
     started = time.monotonic()
@@ -1022,6 +1028,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"   {n} x {name}")
         for ln in [w for w in warnings if "Traceback" not in w][:3]:
             print("   " + ln[:200])
+    for ln in server_log:
+        if "group commit:" in ln:  # app/services.py, at shutdown: bookings per PostgreSQL commit
+            print("server " + ln.split("INFO ", 1)[-1])
     print(f"wall time {time.monotonic() - started:.0f}s; results in {RESULTS / 'latest.json'}")
     out = {
         "meta": meta,

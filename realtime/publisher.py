@@ -68,7 +68,7 @@ class EventPublisher:
         return int(sent)
 
     def grid_call(self, day: date, slot_ids: Sequence[int], event: str) -> ScriptCall | None:
-        """`slots_changed` as a call for `app.booking.slot_store.run_scripts` (None: no slots)."""
+        """`slots_changed` as a call for `app.booking.slot_store.SlotStore.send` (None: no slots)."""
         if not slot_ids:
             return None
         k = self.keys.day(day)

@@ -41,11 +41,14 @@ async def reap_expired(
             if hold is None:
                 report.vanished += 1
                 continue
-            if await booking_repo.hold_committed(pool, hold_id):
+            made, live = await booking_repo.hold_outcome(pool, hold_id)
+            if made:
                 await store.confirm(day, hold_id, hold.patient_id)
-                # The booking may have been cancelled or moved since it committed: PostgreSQL
-                # decides what the day looks like.
-                await reconciler.reconcile_day(day)
+                if live != len(hold.items):
+                    # Cancelled or moved since it committed: PostgreSQL decides what the day looks
+                    # like. (A rebuild drops the day's other holds in flight; when the booking
+                    # stands, confirming it is the whole repair, and they are left alone.)
+                    await reconciler.reconcile_day(day)
                 report.confirmed += 1
                 logger.info("reaper confirmed committed hold %s", hold_id)
             else:

@@ -27,8 +27,9 @@ from redis.exceptions import RedisError
 from app.booking.availability import refusal
 from app.booking.index import pool_field, pool_name
 from app.booking.reconcile import Reconciler
-from app.booking.slot_store import GrabItem, SlotStore, run_scripts
+from app.booking.slot_store import GrabItem, SlotStore
 from app.db import booking_repo
+from app.db.group_commit import ContextReads, GroupCommit
 from app.errors import (
     AppError,
     DatabaseUnavailable,
@@ -180,9 +181,13 @@ class BookingService:
         self_change_cutoff_s: float = 7200.0,
         rules: RuleService,
         credit: CreditService | None = None,
+        group_commit: GroupCommit | None = None,
+        context_reads: ContextReads | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.pool = pool
+        self.group_commit = group_commit or GroupCommit(pool)
+        self.context_reads = context_reads or ContextReads(pool)
         self.credit = credit
         self.rules = rules
         self.store = store
@@ -263,8 +268,7 @@ class BookingService:
             for c in checked
         ]
         try:
-            rows = await booking_repo.book(
-                self.pool,
+            rows = await self.group_commit.book(
                 hold_id=base,
                 patient_id=patient_id,
                 channel=channel,
@@ -525,8 +529,7 @@ class BookingService:
         async def attempt() -> list[asyncpg.Record]:
             (checked,), context = await self._check_items(held.patient_id, [item])
             outcome = await self.rules.check(actor, held.patient_id, [checked.proposed], context=context)
-            return await booking_repo.book(
-                self.pool,
+            return await self.group_commit.book(
                 hold_id=hold_id,
                 patient_id=held.patient_id,
                 channel=held.channel,
@@ -596,8 +599,7 @@ class BookingService:
 
     async def _check_items(self, patient_id: int, items: Sequence[BookItem]) -> tuple[list[_Checked], RuleContext]:
         """The requested orders and slots checked, and the patient's rule context, read together."""
-        rows, (version, facts, appointments) = await booking_repo.booking_context(
-            self.pool,
+        rows, (version, facts, appointments) = await self.context_reads.read(
             patient_id,
             [i.order_id for i in items],
             [i.slot_id for i in items],
@@ -654,7 +656,7 @@ class BookingService:
         calls = [self.store.confirm_call(day, hold_id, patient_id) for day, hold_id in holds]
         calls += [c for day, ids in _by_day(slots) if (c := self.publisher.grid_call(day, ids, event)) is not None]
         try:
-            results = await run_scripts(self.store.client, calls)
+            results = await self.store.send(calls)
         except (RedisError, OSError) as exc:
             logger.warning("confirm of %d hold(s) deferred to the reaper: %s", len(holds), type(exc).__name__)
             return

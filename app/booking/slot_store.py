@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.booking.index import DayIndex
 from app.booking.keys import KeyBuilder
+from app.coalesce import Coalescer
 from app.errors import CacheUnavailable
 
 logger = logging.getLogger(__name__)
@@ -70,23 +71,30 @@ class HoldRecord(msgspec.Struct, frozen=True):
 
 
 class ScriptCall(msgspec.Struct, frozen=True):
-    """One Lua script call, to run with others in one round trip (`run_scripts`)."""
+    """One Lua script call, to run with others in one round trip (`run_commands`)."""
 
     script: Any  # redis.commands.core.AsyncScript
     keys: list[str]
     args: list[Any]
 
 
-async def run_scripts(client: aioredis.Redis, calls: Sequence[ScriptCall]) -> list[Any]:
-    """Run several scripts in one round trip (a pipeline of EVALSHA, not a transaction); returns
-    each call's reply or its error. A script Redis does not know (NOSCRIPT: a restarted or flushed
-    Redis) is run again on its own, which loads it. A connection failure raises RedisError/OSError."""
+# A command for `run_commands`: a script call, or a plain command as its words ("HGETALL", key).
+Command = ScriptCall | tuple[Any, ...]
+
+
+async def run_commands(client: aioredis.Redis, calls: Sequence[Command]) -> list[Any]:
+    """Run several commands in one round trip (a pipeline, not a transaction); returns each one's
+    reply or its error. A script Redis does not know (NOSCRIPT: a restarted or flushed Redis) is run
+    again on its own, which loads it. A connection failure raises RedisError/OSError."""
     async with client.pipeline(transaction=False) as pipe:
         for c in calls:
-            pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            if isinstance(c, ScriptCall):
+                pipe.evalsha(c.script.sha, len(c.keys), *c.keys, *c.args)
+            else:
+                pipe.execute_command(*c)
         results: list[Any] = await pipe.execute(raise_on_error=False)
     for n, (c, result) in enumerate(zip(calls, results, strict=True)):
-        if isinstance(result, NoScriptError):
+        if isinstance(result, NoScriptError) and isinstance(c, ScriptCall):
             script: AsyncScript = c.script
             try:
                 results[n] = await script(keys=c.keys, args=c.args)
@@ -110,10 +118,35 @@ async def redis_errors() -> AsyncIterator[None]:
 class SlotStore:
     """Slot availability, holds and locks of the booking horizon, in Redis."""
 
-    def __init__(self, client: aioredis.Redis, keys: KeyBuilder) -> None:
+    def __init__(self, client: aioredis.Redis, keys: KeyBuilder, *, max_batch: int = 64, in_flight: int = 2) -> None:
         self.client = client
         self.keys = keys
         self._scripts = {name: client.register_script(load_script(name)) for name in SCRIPT_NAMES}
+        # The booking path's commands (the gate's read, the grab, the confirm and grid publish) of
+        # concurrent requests share round trips (app/coalesce.py).
+        self.pipeline: Coalescer[list[Command], list[Any]] = Coalescer(
+            self._send_batch, max_batch=max_batch, in_flight=in_flight
+        )
+
+    async def send(self, commands: Sequence[Command]) -> list[Any]:
+        """`commands` in one round trip, shared with those of concurrent callers: each one's reply
+        or its error. A connection failure raises RedisError/OSError (the same for every caller)."""
+        return await self.pipeline.submit(list(commands))
+
+    async def _send_one(self, command: Command) -> Any:
+        async with redis_errors():
+            (reply,) = await self.send([command])
+            if isinstance(reply, Exception):
+                raise reply
+            return reply
+
+    async def _send_batch(self, batch: list[list[Command]]) -> list[list[Any]]:
+        replies = await run_commands(self.client, [c for commands in batch for c in commands])
+        out, at = [], 0
+        for commands in batch:
+            out.append(replies[at : at + len(commands)])
+            at += len(commands)
+        return out
 
     async def _run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         async with redis_errors():
@@ -143,7 +176,7 @@ class SlotStore:
         args: list[Any] = [hold_id, patient_id, channel, now_ms, expires_ms, replacing_slot_id or ""]
         for item in items:
             args += [item.slot_id, item.exam_code, item.order_id]
-        reply = await self._run("grab", keys, args)
+        reply = await self._send_one(ScriptCall(self._scripts["grab"], keys, args))
         values = [_text(v) for v in reply[1:]]
         if int(reply[0]) == 1:
             return GrabResult(ok=True, pools=values, reasons=[])
@@ -154,7 +187,7 @@ class SlotStore:
         return int(await self._run("confirm", call.keys, call.args)) == 1
 
     def confirm_call(self, day: date, hold_id: str, patient_id: int) -> ScriptCall:
-        """`confirm` as a call for `run_scripts` (its reply: 1 confirmed, 0 the hold is gone)."""
+        """`confirm` as a call for `send` (its reply: 1 confirmed, 0 the hold is gone)."""
         k = self.keys.day(day)
         return ScriptCall(self._scripts["confirm"], [k.holds, k.hold(hold_id), k.patient(patient_id)], [hold_id])
 
@@ -250,9 +283,8 @@ class SlotStore:
     async def read_slots_by_id(self, day: date, slot_ids: Sequence[int]) -> list[SlotView | None]:
         """The given slots of one day, in order (None where the index has no such slot)."""
         k = self.keys.day(day)
-        if len(slot_ids) == 1:  # the common case, without a pipeline's own cost
-            async with redis_errors():
-                rows = [await self.client.hgetall(k.slot(slot_ids[0]))]
+        if len(slot_ids) == 1:  # the common case: in a round trip shared with concurrent bookings
+            rows = [await self._send_one(("HGETALL", k.slot(slot_ids[0])))]
         else:
             async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
                 for sid in slot_ids:

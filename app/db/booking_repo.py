@@ -43,6 +43,14 @@ async def book(
         )
 
 
+async def book_batch(conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[dict[str, Any]]) -> list[asyncpg.Record]:
+    """Several bookings in one transaction (sql/0018_group_commit.sql): rows (k, the appointment's
+    columns) per committed booking, one row (k, err_*) per refused one. Errors of the whole call
+    (PostgreSQL gone) are translated as usual."""
+    async with database_errors():
+        return await conn.fetch("SELECT * FROM hy_book_batch($1)", list(batch))
+
+
 async def cancel(
     conn: asyncpg.Connection | asyncpg.Pool,
     *,
@@ -137,6 +145,17 @@ async def hold_committed(conn: asyncpg.Connection | asyncpg.Pool, hold_id: str) 
         return bool(await conn.fetchval("SELECT EXISTS (SELECT 1 FROM appointment WHERE hold_id = $1)", hold_id))
 
 
+async def hold_outcome(conn: asyncpg.Connection | asyncpg.Pool, hold_id: str) -> tuple[int, int]:
+    """The appointments PostgreSQL holds under this hold: (how many, how many still booked)."""
+    async with database_errors():
+        row = await conn.fetchrow(
+            "SELECT count(*) AS made, count(*) FILTER (WHERE status = 'booked') AS live FROM appointment"
+            " WHERE hold_id = $1",
+            hold_id,
+        )
+    return int(row["made"]), int(row["live"])
+
+
 async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, day: date) -> DayIndex:
     """Everything the Redis index of one day is rebuilt from, read in one snapshot."""
     async with database_errors():
@@ -224,13 +243,17 @@ async def check_request(
         )
 
 
+# A booking's check rows, and its rule context: (booking version, latest facts, live appointments).
+BookingContext = tuple[list[asyncpg.Record], tuple[int, dict[str, Any], list[dict[str, Any]]]]
+
+
 async def booking_context(
     conn: asyncpg.Connection | asyncpg.Pool,
     patient_id: int,
     order_ids: Sequence[int],
     slot_ids: Sequence[int],
     reach: timedelta,
-) -> tuple[list[asyncpg.Record], tuple[int, dict[str, Any], list[dict[str, Any]]]]:
+) -> BookingContext:
     """One round trip for a booking's checks (hy_booking_context, sql/0017): `check_request`'s rows
     (per requested pair, in request order) and `rules_repo.rule_context`'s (booking version, latest
     facts, live appointments) over the requested slots' span widened by `reach` on both sides."""
@@ -242,10 +265,33 @@ async def booking_context(
             list(slot_ids),
             reach,
         )
+    return context_of(list(rows))
+
+
+def context_of(rows: list[asyncpg.Record]) -> BookingContext:
     first = rows[0] if rows else None
     if first is None or first["booking_version"] is None:
-        return list(rows), (0, {}, [])
-    return list(rows), (int(first["booking_version"]), dict(first["facts"]), list(first["appointments"]))
+        return rows, (0, {}, [])
+    return rows, (int(first["booking_version"]), dict(first["facts"]), list(first["appointments"]))
+
+
+async def booking_contexts(
+    conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[tuple[int, Sequence[int], Sequence[int], timedelta]]
+) -> list[BookingContext]:
+    """booking_context for several bookings in one round trip (hy_booking_context_batch, sql/0018):
+    per (patient, order ids, slot ids, reach), in order."""
+    async with database_errors():
+        rows = await conn.fetch(
+            "SELECT * FROM hy_booking_context_batch($1)",
+            [
+                {"k": k, "patient_id": p, "order_ids": list(o), "slot_ids": list(s), "reach": f"{r.total_seconds()} s"}
+                for k, (p, o, s, r) in enumerate(batch)
+            ],
+        )
+    got: list[list[asyncpg.Record]] = [[] for _ in batch]
+    for r in rows:
+        got[r["k"]].append(r)
+    return [context_of(g) for g in got]
 
 
 async def slip_rows(conn: asyncpg.Connection | asyncpg.Pool, appointment_ids: list[int]) -> list[asyncpg.Record]:

@@ -158,21 +158,35 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+RAISE_EXCEPTION = "P0001"
+UNIQUE_VIOLATION = "23505"
+
+
+def refusal(sqlstate: str, message: str, detail: str | None, constraint: str | None) -> AppError | None:
+    """The AppError a booking function's error stands for, or None for an error that is not one of
+    its refusals. From asyncpg's exception here, and from the rows of hy_book_batch, which reports
+    each booking's error as (SQLSTATE, message, detail, constraint) (app/db/group_commit.py)."""
+    if sqlstate == RAISE_EXCEPTION:
+        error = _RAISED.get(message)
+        if error is None:
+            return None
+        extra = {"state": detail} if error is OrderStateConflict else {}
+        return error(detail=f"{message}: {detail or ''}", **extra)
+    if sqlstate == UNIQUE_VIOLATION and constraint == "appointment_one_live_per_order":
+        return OrderNotBookable(detail="order already has a live appointment")
+    return None
+
+
 @asynccontextmanager
 async def database_errors() -> AsyncIterator[None]:
     """Translate asyncpg errors into AppErrors at the database boundary."""
     try:
         yield
-    except asyncpg.RaiseError as exc:
-        error = _RAISED.get(str(exc.args[0]) if exc.args else "")
+    except (asyncpg.RaiseError, asyncpg.UniqueViolationError) as exc:
+        error = refusal(exc.sqlstate, str(exc.args[0]) if exc.args else "", exc.detail, exc.constraint_name)
         if error is None:
             raise
-        extra = {"state": exc.detail} if error is OrderStateConflict else {}
-        raise error(detail=f"{exc.args[0]}: {exc.detail or ''}", **extra) from exc
-    except asyncpg.UniqueViolationError as exc:
-        if exc.constraint_name == "appointment_one_live_per_order":
-            raise OrderNotBookable(detail="order already has a live appointment") from exc
-        raise
+        raise error from exc
     except _UNAVAILABLE as exc:
         logger.warning("database unavailable: %s", type(exc).__name__)
         raise DatabaseUnavailable(detail=f"postgres: {type(exc).__name__}") from exc

@@ -103,6 +103,58 @@ async def test_crash_between_commit_and_confirm_keeps_the_booking(services: Serv
     await assert_redis_matches_postgres(services, day)
 
 
+async def _commit_hold(services: Services, hold_id: str, pid: int, oid: int, slot_id: int) -> int:
+    """PostgreSQL commits the booking of a hold, and the process dies before confirming it."""
+    (row,) = await booking_repo.book(
+        services.pool,
+        hold_id=hold_id,
+        patient_id=pid,
+        channel="desk",
+        items=[{"order_id": oid, "slot_id": slot_id, "pool": "open"}],
+        deadline=datetime.fromtimestamp(time.time() + 50, UTC),
+        actor=await actor_for(services, "clerk"),
+        reason="",
+    )
+    return int(row["appointment_id"])
+
+
+async def test_the_reaper_confirms_a_standing_booking_without_dropping_the_days_other_holds(
+    services: Services,
+) -> None:
+    """Confirming a committed hold whose booking stands changes nothing else: a healthy worker's
+    hold in flight on the same day survives (a whole-day rebuild would have dropped it). A booking
+    cancelled since its commit still has the day rebuilt from PostgreSQL."""
+    day = future_day(services)
+    made = await new_patients_with_orders(services.pool, 3, ["CT-HEAD"])
+    slots = (await open_slots(services, "CT-HEAD", day))[:3]
+    (pa, [oa]), (pb, [ob]), (pc, [oc]) = made
+    standing = await _grab_like_the_service(services, day, pa, oa, slots[0]["id"])
+    await _commit_hold(services, standing, pa, oa, slots[0]["id"])
+    in_flight = await _grab_like_the_service(services, day, pb, ob, slots[1]["id"], ttl_s=600)
+    report = await reap_expired(services.pool, services.store, services.reconciler, _after_expiry_ms())
+    assert (report.confirmed, report.released, report.vanished) == (1, 0, 0)
+    assert await services.store.live_hold_ids(day) == [in_flight]
+    view = await services.store.read_slot(day, slots[1]["id"])
+    assert view is not None and view.booked == slots[1]["booked"] + 1  # still held
+
+    cancelled = await _grab_like_the_service(services, day, pc, oc, slots[2]["id"])
+    appt = await _commit_hold(services, cancelled, pc, oc, slots[2]["id"])
+    await booking_repo.cancel(
+        services.pool,
+        appointment_id=appt,
+        patient_id=pc,
+        channel="desk",
+        actor=await actor_for(services, "clerk"),
+        reason="测试",
+    )
+    report = await reap_expired(services.pool, services.store, services.reconciler, _after_expiry_ms())
+    assert report.confirmed == 1
+    view = await services.store.read_slot(day, slots[2]["id"])
+    assert view is not None and view.booked == slots[2]["booked"]  # the rebuild gave the place back
+    await services.store.release(day, in_flight, pb, [slots[1]["id"]])  # (dropped by that rebuild, if not)
+    await assert_redis_matches_postgres(services, day)
+
+
 async def test_postgres_refuses_a_commit_past_the_hold_deadline(services: Services) -> None:
     day = future_day(services)
     clerk = await actor_for(services, "clerk")
