@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from app.booking.index import BookedRow, DayIndex, LockRow, SlotRow
-from app.db.pool import database_errors
+from app.db.pool import database_errors, unavailable_errors
 from app.security.actor import Actor
 
 
@@ -49,6 +49,14 @@ async def book_batch(conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[di
     (PostgreSQL gone) are translated as usual."""
     async with database_errors():
         return await conn.fetch("SELECT * FROM hy_book_batch($1)", list(batch))
+
+
+async def book_set(conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[dict[str, Any]]) -> list[asyncpg.Record]:
+    """book_batch's contract, set-based (hy_book_set, sql/0018): single-slot bookings of distinct
+    patients and orders only. An error of the call other than a lost server is raised as asyncpg
+    raised it: the batch is then undecided, and nothing of it was written."""
+    async with unavailable_errors():
+        return await conn.fetch("SELECT * FROM hy_book_set($1)", list(batch))
 
 
 async def cancel(

@@ -4,8 +4,11 @@ for the lot, where each booking used to pay for its own. When they are sent is a
 business: at once under light load (then alone: exactly the old `hy_book` call), otherwise with
 whatever queued while the previous batch was out.
 
-Each booking stays its own all-or-nothing unit: PostgreSQL runs it in a subtransaction, and a
-refused one comes back as the same AppError a lone call raises (`pool.refusal`). An error that is
+Each booking stays its own all-or-nothing unit with its own answer. `hy_book_set` decides every
+booking of the batch up front (hy_book's checks, in its order) and writes the accepted ones with
+one statement per kind of row; should it fail as a whole (a deadlock, its own capacity guard), the
+batch goes again through `hy_book_batch`, which runs `hy_book` per booking in a subtransaction. A
+refused booking comes back as the same AppError a lone call raises (`pool.refusal`). An error that is
 not a booking refusal (a deadlock between batches, say) is not guessed at: that booking is sent
 again alone, and whatever happens then is its answer. An error of the whole call (PostgreSQL gone,
 a timeout) is every booking's answer: whether it committed is unknown, which is what
@@ -114,31 +117,49 @@ class GroupCommit:
     async def _run(self, batch: list[Booking]) -> list[list[asyncpg.Record] | BaseException]:
         if len(batch) == 1:  # its error, if any, is raised to its caller by the coalescer
             return [await self._alone(batch[0])]
-        order = sorted(range(len(batch)), key=lambda i: int(batch[i].items[0]["slot_id"]))
-        rows = await booking_repo.book_batch(self.pool, [batch[i].as_json(i) for i in order])
-        got: list[list[asyncpg.Record]] = [[] for _ in batch]
+        # hy_book_set takes each patient and each order once: a second booking of either goes after.
+        together: list[int] = []
+        later: list[int] = []
+        patients: set[int] = set()
+        orders: set[Any] = set()
+        for i, b in enumerate(batch):
+            order_id = b.items[0]["order_id"]
+            if b.patient_id in patients or order_id in orders:
+                later.append(i)
+            else:
+                together.append(i)
+                patients.add(b.patient_id)
+                orders.add(order_id)
+        together.sort(key=lambda i: int(batch[i].items[0]["slot_id"]))
+        payload = [batch[i].as_json(i) for i in together]
+        try:
+            rows = await booking_repo.book_set(self.pool, payload)
+        except asyncpg.PostgresError as exc:  # undecided, nothing written: one subtransaction each
+            logger.info(
+                "set-based group commit of %d failed (%s); booking them one by one", len(payload), type(exc).__name__
+            )
+            rows = await booking_repo.book_batch(self.pool, payload)
+        answers: list[list[asyncpg.Record] | BaseException | None] = [None] * len(batch)
+        got: dict[int, list[asyncpg.Record]] = {i: [] for i in together}
         for r in rows:
             got[r["k"]].append(r)
-        answers: list[list[asyncpg.Record] | BaseException] = []
-        for k, b in enumerate(batch):
-            failed = next((r for r in got[k] if r["err_state"] is not None), None)
+        for i, mine in got.items():
+            failed = next((r for r in mine if r["err_state"] is not None), None)
             if failed is None:
-                answers.append(got[k])
+                answers[i] = mine
                 continue
             error = refusal(failed["err_state"], failed["err_message"], failed["err_detail"], failed["err_constraint"])
             if error is None:
-                logger.info(
-                    "a booking of a batch of %d failed with SQLSTATE %s; sent again alone",
-                    len(batch),
-                    failed["err_state"],
-                )
-                try:
-                    answers.append(await self._alone(b))
-                except Exception as exc:  # noqa: BLE001 - this booking's answer, not the batch's
-                    answers.append(exc)
+                logger.info("a booking of a batch failed with SQLSTATE %s; sent again alone", failed["err_state"])
+                later.append(i)
             else:
-                answers.append(error)
-        return answers
+                answers[i] = error
+        for i in sorted(later):
+            try:
+                answers[i] = await self._alone(batch[i])
+            except Exception as exc:  # noqa: BLE001 - this booking's answer, not the batch's
+                answers[i] = exc
+        return [a if a is not None else RuntimeError("booking left unanswered") for a in answers]
 
 
 class ContextReads:

@@ -178,6 +178,17 @@ def refusal(sqlstate: str, message: str, detail: str | None, constraint: str | N
 
 
 @asynccontextmanager
+async def unavailable_errors() -> AsyncIterator[None]:
+    """Only a lost or unusable server becomes DatabaseUnavailable; every other error is left to
+    the caller (group commit decides for itself what a failed batch means)."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        raise DatabaseUnavailable(detail=f"postgres: {type(exc).__name__}") from exc
+
+
+@asynccontextmanager
 async def database_errors() -> AsyncIterator[None]:
     """Translate asyncpg errors into AppErrors at the database boundary."""
     try:
