@@ -53,25 +53,56 @@ BEGIN
 END;
 $$;
 
--- The rule-context reads of concurrent bookings in one round trip (app/db/group_commit.py,
--- ContextReads): hy_booking_context per element of p_batch, [{"k": 0, "patient_id": ..,
--- "order_ids": [..], "slot_ids": [..], "reach": "<interval>"}, ...], each row tagged with its k.
+-- The rule-context reads of concurrent bookings in one round trip and one query (app/db/group_commit.py,
+-- ContextReads): hy_booking_context's rows for each element of p_batch, [{"k": 0, "patient_id": ..,
+-- "order_ids": [..], "slot_ids": [..], "reach": "<interval>"}, ...], each tagged with its k. The same
+-- query as hy_booking_context (sql/0017) over all of them at once, with the same fence around each
+-- patient's appointments and the same generic, index-only plan. The planner guesses 100 elements per
+-- JSON array, and with that guess a generic plan hashes the whole slot table: only nested loops over
+-- the indexes are allowed. No JIT either: the same guess puts the plan's cost past jit_above_cost, and
+-- compiling it took 50 ms a call.
 CREATE FUNCTION hy_booking_context_batch(p_batch jsonb)
 RETURNS TABLE (k integer, n bigint, patient_id bigint, exam_code text, status text, day date, resource_id text,
                s bigint, e bigint, capable boolean, booking_version bigint, facts jsonb, appointments jsonb)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET plan_cache_mode = force_generic_plan SET enable_seqscan = off
+    SET enable_hashjoin = off SET enable_mergejoin = off SET jit = off AS $$
 #variable_conflict use_column
-DECLARE
-    b jsonb;
 BEGIN
-    FOR b IN SELECT * FROM jsonb_array_elements(p_batch) LOOP
-        RETURN QUERY
-        SELECT (b ->> 'k')::integer, c.*
-          FROM hy_booking_context((b ->> 'patient_id')::bigint,
-                                  ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(b -> 'order_ids') AS x),
-                                  ARRAY(SELECT x::bigint FROM jsonb_array_elements_text(b -> 'slot_ids') AS x),
-                                  (b ->> 'reach')::interval) AS c;
-    END LOOP;
+    RETURN QUERY
+    WITH req AS (
+        SELECT (b ->> 'k')::integer AS k, (b ->> 'patient_id')::bigint AS pid, (b ->> 'reach')::interval AS reach,
+               t.n, t.order_id::bigint AS order_id, (b -> 'slot_ids' ->> (t.n - 1)::integer)::bigint AS slot_id
+          FROM jsonb_array_elements(p_batch) AS b,
+               jsonb_array_elements_text(b -> 'order_ids') WITH ORDINALITY AS t(order_id, n)),
+    items AS (
+        SELECT req.k, req.n, req.pid, req.reach, o.patient_id, o.exam_code, o.status, sl.day, sl.resource_id,
+               sl.starts_at, sl.ends_at,
+               EXISTS (SELECT 1 FROM exam_capability AS c
+                        WHERE c.exam_code = o.exam_code AND c.resource_id = sl.resource_id) AS capable
+          FROM req
+          LEFT JOIN exam_order AS o ON o.id = req.order_id
+          LEFT JOIN slot AS sl ON sl.id = req.slot_id),
+    span AS (
+        SELECT items.k, items.pid, min(items.starts_at) - items.reach AS lo, max(items.ends_at) + items.reach AS hi
+          FROM items GROUP BY items.k, items.pid, items.reach),
+    ctx AS (
+        SELECT span.k, p.booking_version,
+               (SELECT COALESCE(jsonb_object_agg(f.fact, f.value), '{}'::jsonb) FROM (
+                    SELECT DISTINCT ON (pf.fact) pf.fact, pf.value FROM patient_fact AS pf
+                     WHERE pf.patient_id = p.id ORDER BY pf.fact, pf.recorded_at DESC, pf.id DESC) AS f) AS facts,
+               (SELECT COALESCE(jsonb_agg(jsonb_build_object(
+                         'id', a.id, 'order_id', a.order_id, 'exam_code', a.exam_code,
+                         's', extract(epoch FROM a.starts_at)::bigint, 'e', extract(epoch FROM a.ends_at)::bigint,
+                         'resource_id', a.resource_id, 'campus_id', r.campus_id) ORDER BY a.starts_at), '[]'::jsonb)
+                  FROM (SELECT * FROM appointment AS x WHERE x.patient_id = p.id OFFSET 0) AS a
+                  JOIN resource AS r ON r.id = a.resource_id
+                 WHERE a.status = 'booked' AND a.starts_at < span.hi AND a.ends_at > span.lo) AS appointments
+          FROM span JOIN patient AS p ON p.id = span.pid)
+    SELECT i.k, i.n, i.patient_id, i.exam_code, i.status, i.day, i.resource_id,
+           extract(epoch FROM i.starts_at)::bigint, extract(epoch FROM i.ends_at)::bigint,
+           i.capable, ctx.booking_version, ctx.facts, ctx.appointments
+      FROM items AS i LEFT JOIN ctx ON ctx.k = i.k AND i.n = 1
+     ORDER BY i.k, i.n;
 END;
 $$;
 
@@ -85,7 +116,9 @@ $$;
 -- they read are locked first (patients, then orders, then slots, each in id order), then each
 -- booking gets its verdict, and only the accepted ones write. A slot takes the accepted bookings
 -- in batch order up to its capacity; the capacity guard on the slot UPDATE stays, and if it ever
--- fails the whole call fails (BOOK_SET_GUARD) and the server falls back to hy_book_batch.
+-- fails the whole call fails (BOOK_SET_GUARD) and the server falls back to hy_book_batch. No JIT:
+-- the planner's guess of 100 elements per array can put a statement past jit_above_cost, and
+-- compiling costs far more than running it.
 CREATE TYPE hy_book_work AS (
     k integer, hold_id text, patient_id bigint, channel text, order_id bigint, slot_id bigint, pool text,
     item_hold_id text, deadline timestamptz, actor_id bigint, actor_role text, terminal text, reason text,
@@ -99,7 +132,7 @@ CREATE FUNCTION hy_book_set(p_batch jsonb)
 RETURNS TABLE (k integer, appointment_id bigint, order_id bigint, slot_id bigint, exam_code text,
                resource_id text, starts_at timestamptz, ends_at timestamptz,
                err_state text, err_message text, err_detail text, err_constraint text)
-LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan AS $$
+LANGUAGE plpgsql SET plan_cache_mode = force_generic_plan SET jit = off AS $$
 #variable_conflict use_column
 DECLARE
     v_req    hy_book_work[];

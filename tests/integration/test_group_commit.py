@@ -8,7 +8,7 @@ import asyncio
 import logging
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -324,3 +324,45 @@ async def test_the_set_based_batch_refuses_each_booking_as_a_lone_hy_book_does(
             )
         assert alone.value.detail == got.detail, code
     assert await services.pool.fetchval("SELECT booked FROM slot WHERE id = $1", single) == 1
+
+
+async def test_rule_contexts_read_together_are_the_ones_read_alone(services: Services) -> None:
+    """hy_booking_context_batch gives each booking exactly hy_booking_context's rows: orders and
+    slots that exist or not, capable or not, the patient's facts and appointments in reach."""
+    day = future_day(services, 3)
+    clerk = await actor_for(services, "clerk")
+    slots = await dedicated_slots(services, day, "GC-CT6", 3, 10)
+    (p0, [o0a, o0b]), (p1, [o1a, o1b]) = await new_patients_with_orders(services.pool, 2, ["CT-HEAD", "CT-CHEST"])
+    await booking_repo.book(
+        services.pool,
+        hold_id=uuid.uuid4().hex,
+        patient_id=p0,
+        channel="desk",
+        items=[_item(o0a, slots[0])],
+        deadline=_deadline(),
+        actor=clerk,
+        reason="",
+    )
+    await services.pool.execute(
+        "INSERT INTO patient_fact (patient_id, fact, value, source) VALUES ($1, 'pregnant', 'true', 'desk'),"
+        " ($1, 'pregnant', 'false', 'clinician')",
+        p1,
+    )
+    reach = timedelta(days=2)
+    requests: list[tuple[int, list[int], list[int], timedelta]] = [
+        (p0, [o0b], [slots[1]], reach),
+        (p1, [o1a, o1b], [slots[1], slots[2]], reach),
+        (p1, [2**40], [2**40], timedelta(0)),
+        (2**40, [o0b], [slots[0]], reach),
+    ]
+    together = await booking_repo.booking_contexts(services.pool, requests)
+    alone = [await booking_repo.booking_context(services.pool, *r) for r in requests]
+
+    def plain(ctx: booking_repo.BookingContext) -> tuple[Any, ...]:
+        rows, rest = ctx
+        return [{k: v for k, v in dict(r).items() if k != "k"} for r in rows], rest
+
+    assert [plain(c) for c in together] == [plain(c) for c in alone]
+    (_, (_, _, appointments)), (rows, (_, facts, _)) = alone[0], alone[1]
+    assert [a["order_id"] for a in appointments] == [o0a] and facts == {"pregnant": False}
+    assert [r["capable"] for r in rows] == [True, False]
