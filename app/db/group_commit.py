@@ -1,25 +1,28 @@
 """Group commit: bookings that reach PostgreSQL while earlier ones are still there are committed
-together, by one call of `hy_book_batch` (sql/0018_group_commit.sql): one round trip and one commit
-for the lot, where each booking used to pay for its own. When they are sent is app/coalesce.py's
-business: at once under light load (then alone: exactly the old `hy_book` call), otherwise with
-whatever queued while the previous batch was out.
+together, by one call of `hy_book_set` (sql/0018_group_commit.sql): one round trip and one commit
+for the lot, and one execution of each statement, where each booking used to pay for its own. When
+they are sent is app/coalesce.py's business: at once under light load (then alone: exactly the old
+`hy_book` call), otherwise with whatever queued while the previous batch was out.
 
 Each booking stays its own all-or-nothing unit with its own answer. `hy_book_set` decides every
 booking of the batch up front (hy_book's checks, in its order) and writes the accepted ones with
-one statement per kind of row; should it fail as a whole (a deadlock, its own capacity guard), the
-batch goes again through `hy_book_batch`, which runs `hy_book` per booking in a subtransaction. A
-refused booking comes back as the same AppError a lone call raises (`pool.refusal`). An error that is
-not a booking refusal (a deadlock between batches, say) is not guessed at: that booking is sent
-again alone, and whatever happens then is its answer. An error of the whole call (PostgreSQL gone,
-a timeout) is every booking's answer: whether it committed is unknown, which is what
-DatabaseUnavailable already tells the caller (the holds are left to the reaper).
+one statement per kind of row. It takes each patient and each order once: a second booking of
+either waits and goes alone after the batch. Should the call fail as a whole without losing the
+server (a deadlock, its own capacity guard), nothing was written, and the batch goes again through
+`hy_book_batch`, which runs `hy_book` per booking in a subtransaction. A refused booking comes back
+as the same AppError a lone call raises (`pool.refusal`); an error that is no refusal is not
+guessed at: that booking is sent again alone, and whatever happens then is its answer. An error of
+the whole call that loses the server (PostgreSQL gone, a timeout) is every booking's answer:
+whether it committed is unknown, which is what DatabaseUnavailable already tells the caller (the
+holds are left to the reaper).
 
 The rule-context reads before the commits (`hy_booking_context`) are coalesced the same way
-(ContextReads): one round trip for the reads of concurrent bookings.
+(ContextReads): one query for the reads of concurrent bookings.
 
-Lock order: a batch's bookings go in slot id order and `hy_book` takes a bundle's slots in id
-order; bundles (several items) go alone. So concurrent batches take slot rows in one order and do
-not deadlock on them.
+Lock order: `hy_book_set` locks patients, then orders, then slots, each in id order, as `hy_book`
+takes a booking's patient, order and (in id order) slots; bundles go alone. Batches and lone
+bookings therefore take rows in one order, and a deadlock needs the same patient or order in two
+transactions at once (it is then resolved by the fallback above).
 """
 
 from __future__ import annotations
