@@ -53,11 +53,12 @@ BEGIN
 END;
 $$;
 
--- The rule-context reads of concurrent bookings in one round trip and one query (app/db/group_commit.py,
--- ContextReads): hy_booking_context's rows for each element of p_batch, [{"k": 0, "patient_id": ..,
--- "order_ids": [..], "slot_ids": [..], "reach": "<interval>"}, ...], each tagged with its k. The same
--- query as hy_booking_context (sql/0017) over all of them at once, with the same fence around each
--- patient's appointments and the same generic, index-only plan. The planner guesses 100 elements per
+-- The rule-context reads of one booking or of several concurrent ones in one query
+-- (app/db/booking_repo.booking_contexts; app/db/group_commit.py, ContextReads): hy_booking_context's
+-- rows for each element of p_batch, [{"k": 0, "patient_id": .., "order_ids": [..], "slot_ids": [..],
+-- "reach": "<interval>"}, ...], each tagged with its k. The same query as hy_booking_context
+-- (sql/0017), which it replaces (dropped below), over all of them at once, with the same fence
+-- around each patient's appointments and the same generic, index-only plan. The planner guesses 100 elements per
 -- JSON array, and with that guess a generic plan hashes the whole slot table: only nested loops over
 -- the indexes are allowed. No JIT either: the same guess puts the plan's cost past jit_above_cost, and
 -- compiling it took 50 ms a call.
@@ -105,6 +106,8 @@ BEGIN
      ORDER BY i.k, i.n;
 END;
 $$;
+
+DROP FUNCTION hy_booking_context(bigint, bigint[], bigint[], interval);
 
 -- hy_book_set: the same bookings as hy_book_batch, set-based. Each statement of hy_book runs once
 -- for the whole batch instead of once per booking (PostgreSQL's cost per statement -- executor

@@ -262,18 +262,12 @@ async def booking_context(
     slot_ids: Sequence[int],
     reach: timedelta,
 ) -> BookingContext:
-    """One round trip for a booking's checks (hy_booking_context, sql/0017): `check_request`'s rows
-    (per requested pair, in request order) and `rules_repo.rule_context`'s (booking version, latest
-    facts, live appointments) over the requested slots' span widened by `reach` on both sides."""
-    async with database_errors():
-        rows = await conn.fetch(
-            "SELECT * FROM hy_booking_context($1, $2::bigint[], $3::bigint[], $4)",
-            patient_id,
-            list(order_ids),
-            list(slot_ids),
-            reach,
-        )
-    return context_of(list(rows))
+    """One round trip for a booking's checks (hy_booking_context_batch, sql/0018, with one element):
+    `check_request`'s rows (per requested pair, in request order) and `rules_repo.rule_context`'s
+    (booking version, latest facts, live appointments) over the requested slots' span widened by
+    `reach` on both sides."""
+    (context,) = await booking_contexts(conn, [(patient_id, order_ids, slot_ids, reach)])
+    return context
 
 
 def context_of(rows: list[asyncpg.Record]) -> BookingContext:
@@ -286,7 +280,7 @@ def context_of(rows: list[asyncpg.Record]) -> BookingContext:
 async def booking_contexts(
     conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[tuple[int, Sequence[int], Sequence[int], timedelta]]
 ) -> list[BookingContext]:
-    """booking_context for several bookings in one round trip (hy_booking_context_batch, sql/0018):
+    """booking_context for one or several bookings in one query (hy_booking_context_batch, sql/0018):
     per (patient, order ids, slot ids, reach), in order."""
     async with database_errors():
         rows = await conn.fetch(

@@ -16,7 +16,7 @@ the whole call that loses the server (PostgreSQL gone, a timeout) is every booki
 whether it committed is unknown, which is what DatabaseUnavailable already tells the caller (the
 holds are left to the reaper).
 
-The rule-context reads before the commits (`hy_booking_context`) are coalesced the same way
+The rule-context reads before the commits (`hy_booking_context_batch`) are coalesced the same way
 (ContextReads): one query for the reads of concurrent bookings.
 
 Lock order: `hy_book_set` locks patients, then orders, then slots, each in id order, as `hy_book`
@@ -182,8 +182,6 @@ class ContextReads:
         return await self.coalescer.submit((patient_id, order_ids, slot_ids, reach))
 
     async def _run(self, batch: list[_ContextRequest]) -> list[booking_repo.BookingContext]:
-        if len(batch) == 1:
-            return [await booking_repo.booking_context(self.pool, *batch[0])]
         return await booking_repo.booking_contexts(self.pool, batch)
 
 

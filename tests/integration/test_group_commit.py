@@ -37,6 +37,27 @@ def _item(order_id: Any, slot_id: int) -> dict[str, Any]:
     return {"order_id": order_id, "slot_id": slot_id, "pool": "open"}
 
 
+def _submit(
+    gc: GroupCommit,
+    actor: Actor,
+    patient_id: int,
+    items: list[dict[str, Any]],
+    version: int | None = None,
+    deadline: datetime | None = None,
+) -> Any:
+    """One booking handed to the group commit, as the booking service hands it."""
+    return gc.book(
+        hold_id=uuid.uuid4().hex,
+        patient_id=patient_id,
+        channel="desk",
+        items=items,
+        deadline=deadline or _deadline(),
+        actor=actor,
+        reason="",
+        version=version,
+    )
+
+
 async def _trace(services: Services, pid: int, order_ids: list[int]) -> tuple[Any, ...]:
     """What a booking of this patient would have written."""
     return (
@@ -70,16 +91,7 @@ async def test_a_batch_commits_each_booking_on_its_own_with_a_lone_calls_answer(
     gc = GroupCommit(services.pool, in_flight=1)
 
     def book(pid: int, items: list[dict[str, Any]], version: int | None = None) -> Any:
-        return gc.book(
-            hold_id=uuid.uuid4().hex,
-            patient_id=pid,
-            channel="desk",
-            items=items,
-            deadline=_deadline(),
-            actor=clerk,
-            reason="",
-            version=version,
-        )
+        return _submit(gc, clerk, pid, items, version)
 
     results = await asyncio.gather(
         book(p0, [_item(o0, a)]),  # sent at once, alone
@@ -131,15 +143,7 @@ async def test_a_batch_postgresql_cannot_decide_as_a_set_is_booked_one_by_one(
     gc = GroupCommit(services.pool, in_flight=1)
 
     def book(pid: int, order: Any) -> Any:
-        return gc.book(
-            hold_id=uuid.uuid4().hex,
-            patient_id=pid,
-            channel="desk",
-            items=[_item(order, a)],
-            deadline=_deadline(),
-            actor=clerk,
-            reason="",
-        )
+        return _submit(gc, clerk, pid, [_item(order, a)])
 
     r0, r1, r3, r2 = await asyncio.gather(
         book(p0, o0), book(p1, o1), book(p3, 1.5), book(p2, o2), return_exceptions=True
@@ -176,16 +180,7 @@ async def test_a_second_booking_of_a_patient_in_a_batch_waits_for_the_first(serv
     gc = GroupCommit(services.pool, in_flight=1)
 
     def book(pid: int, order: int, slot: int) -> Any:
-        return gc.book(
-            hold_id=uuid.uuid4().hex,
-            patient_id=pid,
-            channel="desk",
-            items=[_item(order, slot)],
-            deadline=_deadline(),
-            actor=clerk,
-            reason="",
-            version=version if pid == p2 else None,
-        )
+        return _submit(gc, clerk, pid, [_item(order, slot)], version if pid == p2 else None)
 
     r0, r1, first, second = await asyncio.gather(
         book(p0, o0, a), book(p1, o1, a), book(p2, o2a, a), book(p2, o2b, b), return_exceptions=True
@@ -291,15 +286,7 @@ async def test_the_set_based_batch_refuses_each_booking_as_a_lone_hy_book_does(
     gc = GroupCommit(services.pool, in_flight=1)
 
     def book(patient_id: int, items: list[dict[str, Any]], deadline: datetime | None = None) -> Any:
-        return gc.book(
-            hold_id=uuid.uuid4().hex,
-            patient_id=patient_id,
-            channel="desk",
-            items=items,
-            deadline=deadline or _deadline(),
-            actor=clerk,
-            reason="",
-        )
+        return _submit(gc, clerk, patient_id, items, deadline=deadline)
 
     first, *rest = await asyncio.gather(
         book(p0, [_item(o0, free)]),  # alone: the others queue behind it
@@ -327,8 +314,9 @@ async def test_the_set_based_batch_refuses_each_booking_as_a_lone_hy_book_does(
 
 
 async def test_rule_contexts_read_together_are_the_ones_read_alone(services: Services) -> None:
-    """hy_booking_context_batch gives each booking exactly hy_booking_context's rows: orders and
-    slots that exist or not, capable or not, the patient's facts and appointments in reach."""
+    """hy_booking_context_batch gives each booking of a batch exactly the rows it gives that booking
+    read alone: orders and slots that exist or not, capable or not, the patient's facts and
+    appointments in reach."""
     day = future_day(services, 3)
     clerk = await actor_for(services, "clerk")
     slots = await dedicated_slots(services, day, "GC-CT6", 3, 10)
