@@ -5,8 +5,9 @@ Nothing waits on a timer. A call that finds fewer than `in_flight` batches out i
 under light load every call goes alone, as it would without this); the others queue, and when a
 batch returns, everything queued meanwhile (up to `max_batch`) goes as the next one. Batches
 therefore grow only when the server behind is busy, which is when sharing a round trip (and, for
-PostgreSQL, a commit) is worth most. The booking path uses it for its commit
-(app/db/group_commit.py), its read of the rule context and its Redis confirm.
+PostgreSQL, a commit) is worth most. The booking path uses it for its commit and its read of the
+rule context (app/db/group_commit.py), and for its Redis commands: the gate's read, the grab, the
+confirm and grid publish (`SlotStore.send`).
 
 `run(batch)` answers each item in order: a result, or the exception that item's caller raises. If
 `run` itself raises, every item of the batch gets that exception. A caller that goes away (its
@@ -25,6 +26,8 @@ R = TypeVar("R")
 
 
 class Coalescer(Generic[T, R]):
+    """Sends the items submitted to it through `run`, alone or together (see above)."""
+
     def __init__(
         self,
         run: Callable[[list[T]], Awaitable[Sequence[R | BaseException]]],

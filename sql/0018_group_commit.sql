@@ -1,10 +1,13 @@
 -- 0018: group commit (load-and-resilience issue). Bookings that reach one server process while an
 -- earlier batch is still in PostgreSQL are sent together (app/db/group_commit.py) and committed by
--- one call of hy_book_batch: one round trip and one commit for all of them, where each booking
--- used to pay for its own. Each booking is still its own all-or-nothing unit: hy_book runs in a
--- subtransaction per booking, so a refused booking (SLOT_FULL, PATIENT_CHANGED, ...) rolls back its
--- own rows and locks and nothing of the others. Its refusal comes back as a row (SQLSTATE, message,
--- detail, constraint) that the server turns into the same error a lone call would have raised.
+-- one call: one round trip and one commit for all of them, where each booking used to pay for its
+-- own. The call is hy_book_set (below: every statement once for the whole batch); hy_book_batch is
+-- its fallback for a batch hy_book_set cannot decide as a whole (a deadlock, its capacity guard).
+--
+-- hy_book_batch: each booking is its own all-or-nothing unit, hy_book run in a subtransaction per
+-- booking, so a refused booking (SLOT_FULL, PATIENT_CHANGED, ...) rolls back its own rows and locks
+-- and nothing of the others. Its refusal comes back as a row (SQLSTATE, message, detail,
+-- constraint) that the server turns into the same error a lone call would have raised.
 --
 -- p_batch: [{"k": 0, "hold_id": ..., "patient_id": ..., "channel": ..., "items": [...],
 --            "deadline": "<timestamptz>", "actor_id": ..., "actor_role": ..., "terminal": ...,

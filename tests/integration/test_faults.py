@@ -151,7 +151,9 @@ async def test_the_reaper_confirms_a_standing_booking_without_dropping_the_days_
     assert report.confirmed == 1
     view = await services.store.read_slot(day, slots[2]["id"])
     assert view is not None and view.booked == slots[2]["booked"]  # the rebuild gave the place back
-    await services.store.release(day, in_flight, pb, [slots[1]["id"]])  # (dropped by that rebuild, if not)
+    # That rebuild also dropped the in-flight hold (a known limit, docs/architecture.md); give it
+    # back in case it did not, so PostgreSQL and Redis can be compared.
+    await services.store.release(day, in_flight, pb, [slots[1]["id"]])
     await assert_redis_matches_postgres(services, day)
 
 
