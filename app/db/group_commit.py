@@ -104,18 +104,7 @@ class GroupCommit:
         return await self.coalescer.submit(booking)
 
     async def _alone(self, b: Booking) -> list[asyncpg.Record]:
-        return await booking_repo.book(
-            self.pool,
-            hold_id=b.hold_id,
-            patient_id=b.patient_id,
-            channel=b.channel,
-            items=b.items,
-            deadline=b.deadline,
-            actor=b.actor,
-            reason=b.reason,
-            version=b.version,
-            overrides=b.overrides,
-        )
+        return await booking_repo.book(self.pool, **msgspec.structs.asdict(b))
 
     async def _run(self, batch: list[Booking]) -> list[list[asyncpg.Record] | BaseException]:
         if len(batch) == 1:  # its error, if any, is raised to its caller by the coalescer
