@@ -140,6 +140,11 @@ class DatabaseUnavailable(ServiceUnavailable):
     title = "系统暂时无法访问数据库，请稍后重试；如不确定是否已预约，请先查询预约记录"
 
 
+class DatabaseUnreachable(DatabaseUnavailable):
+    """DatabaseUnavailable before anything was sent: no connection could be had, so nothing of the
+    call can have been committed (the caller may undo what it did in Redis at once)."""
+
+
 class CacheUnavailable(ServiceUnavailable):
     code = "cache_unavailable"
     title = "号源服务暂时不可用，本次操作未完成，请稍后重试"

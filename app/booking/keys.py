@@ -55,6 +55,13 @@ class DayKeys(msgspec.Struct, frozen=True):
         return f"{self.tag}:gseq:{department_id}"
 
     @property
+    def rebuilding(self) -> tuple[str, str]:
+        """A day's rebuild window (app/booking/lua/reconcile.lua): the counter of rebuilds under
+        way, and the list of changes made meanwhile that follow a PostgreSQL commit (confirms,
+        cancels), which each rebuild replays onto its snapshot. Not among the `members`."""
+        return f"{self.tag}:rb", f"{self.tag}:rblog"
+
+    @property
     def version(self) -> str:
         """Counter bumped by every reconcile of the day."""
         return f"{self.tag}:ver"

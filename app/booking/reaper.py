@@ -46,8 +46,8 @@ async def reap_expired(
                 await store.confirm(day, hold_id, hold.patient_id)
                 if live != len(hold.items):
                     # Cancelled or moved since it committed: PostgreSQL decides what the day looks
-                    # like. (A rebuild drops the day's other holds in flight; when the booking
-                    # stands, confirming it is the whole repair, and they are left alone.)
+                    # like (the day's other holds in flight survive the rebuild). When the booking
+                    # stands, confirming it is the whole repair.
                     await reconciler.reconcile_day(day)
                 report.confirmed += 1
                 logger.info("reaper confirmed committed hold %s", hold_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import date, datetime, timedelta
@@ -50,35 +51,21 @@ class Reconciler:
         return [start + timedelta(days=n) for n in range(self.horizon_days + 2)]
 
     async def reconcile_day(self, day: date) -> int:
-        """Replace the day's index with PostgreSQL's state; returns the number of slots written."""
-        index = await booking_repo.day_index(self.pool, self.hospital_id, day)
-        await self.store.replace_day(index)
-        await self._drop_dead_hold_ids(day)
+        """Replace the day's index with PostgreSQL's state; returns the number of slots written.
+        Bookings in flight are neither lost nor counted twice: the rebuild window opened before
+        the snapshot is read carries the confirms and cancels made meanwhile (reconcile.lua)."""
+        log_from = await self.store.open_rebuild(day)
+        try:
+            index = await booking_repo.day_index(self.pool, self.hospital_id, day)
+            await self.store.replace_day(index, log_from)
+        except BaseException:
+            with contextlib.suppress(AppError):
+                await self.store.close_rebuild(day)
+            raise
         self.dirty.discard(day)
         if self.publisher is not None:
             await self.publisher.slots_changed(day, [s.slot_id for s in index.slots], "reconciled")
         return len(index.slots)
-
-    async def _drop_dead_hold_ids(self, day: date) -> int:
-        """A rebuilt day has no holds: their hashes were among the day's keys, which the rebuild
-        replaced. Their ids stay in the day's `holds` set, though (it is not among them), and the
-        reaper would claim them again every lease, for ever, as "vanished". Drop the ids whose hash
-        is gone: a grab writes a hold's hash and its id in one script, and confirm and release
-        delete both, so an id without a hash belongs to no live hold."""
-        k = self.store.keys.day(day)
-        async with redis_errors():
-            raw = await self.store.client.zrange(k.holds, 0, -1)
-            ids = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
-            if not ids:
-                return 0
-            async with self.store.client.pipeline(transaction=False) as pipe:
-                for hold_id in ids:
-                    pipe.exists(k.hold(hold_id))
-                found = await pipe.execute()
-            dead = [hold_id for hold_id, n in zip(ids, found, strict=True) if not n]
-            if dead:
-                await self.store.client.zrem(k.holds, *dead)
-        return len(dead)
 
     async def reconcile_day_safely(self, day: date) -> None:
         try:

@@ -33,6 +33,7 @@ from app.db.group_commit import ContextReads, GroupCommit
 from app.errors import (
     AppError,
     DatabaseUnavailable,
+    DatabaseUnreachable,
     Forbidden,
     HoldExpired,
     NotFound,
@@ -279,6 +280,11 @@ class BookingService:
                 version=outcome.version,
                 overrides=outcome.overrides,
             )
+        except DatabaseUnreachable:
+            # No connection could be had: nothing reached PostgreSQL, so the places go back now
+            # rather than in a minute, by the reaper.
+            await self._release_all(patient_id, holds)
+            raise
         except DatabaseUnavailable:
             # The commit may or may not have happened: leave the holds to the reaper, which asks
             # PostgreSQL once it is back and confirms or releases accordingly.
@@ -413,7 +419,10 @@ class BookingService:
                 version=outcome.version,
                 overrides=outcome.overrides,
             )
-        except DatabaseUnavailable:
+        except DatabaseUnreachable:  # nothing reached PostgreSQL: the new place goes back now
+            await self._release_all(patient_id, [(new_day, hold_id, [])], slot_ids={hold_id: [new_slot_id]})
+            raise
+        except DatabaseUnavailable:  # it may have committed: the reaper decides
             raise
         except AppError:
             await self._release_all(patient_id, [(new_day, hold_id, [])], slot_ids={hold_id: [new_slot_id]})

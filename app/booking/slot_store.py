@@ -30,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+REBUILD_WINDOW_MS = 600_000  # a day's rebuild takes milliseconds to seconds; its window, at most this
 SCRIPT_NAMES = ("grab", "confirm", "release", "reap", "cancel", "lock", "unlock", "reconcile")
 
 
@@ -189,7 +190,8 @@ class SlotStore:
     def confirm_call(self, day: date, hold_id: str, patient_id: int) -> ScriptCall:
         """`confirm` as a call for `send` (its reply: 1 confirmed, 0 the hold is gone)."""
         k = self.keys.day(day)
-        return ScriptCall(self._scripts["confirm"], [k.holds, k.hold(hold_id), k.patient(patient_id)], [hold_id])
+        keys = [k.holds, k.hold(hold_id), k.patient(patient_id), *k.rebuilding]
+        return ScriptCall(self._scripts["confirm"], keys, [hold_id])
 
     async def release(self, day: date, hold_id: str, patient_id: int, slot_ids: Sequence[int]) -> bool:
         """Give a hold's places back. `slot_ids` must be the hold's slots, in its order."""
@@ -214,7 +216,8 @@ class SlotStore:
 
     async def cancel(self, day: date, slot_id: int, patient_id: int, pool: str) -> bool:
         k = self.keys.day(day)
-        return int(await self._run("cancel", [k.slot(slot_id), k.patient(patient_id)], [slot_id, pool])) == 1
+        keys = [k.slot(slot_id), k.patient(patient_id), *k.rebuilding]
+        return int(await self._run("cancel", keys, [slot_id, pool, patient_id])) == 1
 
     # -- locks -------------------------------------------------------------------------------
 
@@ -232,8 +235,30 @@ class SlotStore:
 
     # -- reconcile ---------------------------------------------------------------------------
 
-    async def replace_day(self, index: DayIndex, attempts: int = 20) -> int:
-        """Atomically replace the day's keys with `index`; returns the day's new version."""
+    async def open_rebuild(self, day: date) -> int:
+        """Open a rebuild window on the day, before its snapshot is read from PostgreSQL: confirms
+        and cancels are logged until `replace_day` (given the returned log position) closes it, or
+        `close_rebuild` does after a failure. The window lasts REBUILD_WINDOW_MS at most."""
+        rb, log = self.keys.day(day).rebuilding
+        async with redis_errors(), self.client.pipeline(transaction=True) as pipe:
+            pipe.incr(rb)
+            pipe.pexpire(rb, REBUILD_WINDOW_MS)
+            pipe.llen(log)
+            _, _, start = await pipe.execute()
+        return int(start)
+
+    async def close_rebuild(self, day: date) -> None:
+        """Close a window `replace_day` did not (the rebuild failed on the way)."""
+        rb, log = self.keys.day(day).rebuilding
+        async with redis_errors():
+            if int(await self.client.decr(rb)) <= 0:
+                await self.client.delete(rb, log)
+
+    async def replace_day(self, index: DayIndex, log_from: int | None = None, attempts: int = 20) -> int:
+        """Atomically replace the day's keys with `index`; returns the day's new version. Holds
+        in flight survive: those `index` already counts (committed) as they are, the others with
+        their places taken again. With `log_from` (from `open_rebuild`), the confirms and cancels
+        logged since are replayed onto `index` and the window is closed (reconcile.lua)."""
         k = self.keys.day(index.day)
         new_keys, payload = index.to_payload(k)
         body = orjson.dumps(payload).decode()
@@ -243,10 +268,13 @@ class SlotStore:
                 pipe.get(k.version)
                 members, version = await pipe.execute()
             current = sorted(_text(m) for m in members)
-            keys = [k.members, k.version, *current, *new_keys]
-            reply = await self._run("reconcile", keys, [_text(version) if version else "", len(current), body])
+            keys = [k.members, k.version, *current, *new_keys, k.holds, *k.rebuilding]
+            args = [_text(version) if version else "", len(current), body, k.tag, "" if log_from is None else log_from]
+            reply = await self._run("reconcile", keys, args)
             if int(reply[0]) == 1:
                 return int(reply[1])
+            if _text(reply[1]) == "WINDOW":
+                raise CacheUnavailable(detail=f"rebuild window of {index.day} expired before the index was written")
         raise CacheUnavailable(detail=f"reconcile of {index.day} kept racing with writers")
 
     async def server_identity(self) -> tuple[str, str | None]:

@@ -9,7 +9,7 @@ from typing import Any
 import asyncpg
 
 from app.booking.index import BookedRow, DayIndex, LockRow, SlotRow
-from app.db.pool import database_errors, unavailable_errors
+from app.db.pool import acquired, database_errors, unavailable_errors
 from app.security.actor import Actor
 
 
@@ -26,8 +26,8 @@ async def book(
     version: int | None = None,
     overrides: Sequence[dict[str, Any]] = (),
 ) -> list[asyncpg.Record]:
-    async with database_errors():
-        return await conn.fetch(
+    async with acquired(conn) as c, database_errors():
+        return await c.fetch(
             "SELECT * FROM hy_book($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             hold_id,
             patient_id,
@@ -47,16 +47,16 @@ async def book_batch(conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[di
     """Several bookings in one transaction (sql/0018_group_commit.sql): rows (k, the appointment's
     columns) per committed booking, one row (k, err_*) per refused one. Errors of the whole call
     (PostgreSQL gone) are translated as usual."""
-    async with database_errors():
-        return await conn.fetch("SELECT * FROM hy_book_batch($1)", list(batch))
+    async with acquired(conn) as c, database_errors():
+        return await c.fetch("SELECT * FROM hy_book_batch($1)", list(batch))
 
 
 async def book_set(conn: asyncpg.Connection | asyncpg.Pool, batch: Sequence[dict[str, Any]]) -> list[asyncpg.Record]:
     """book_batch's contract, set-based (hy_book_set, sql/0018): single-slot bookings of distinct
     patients and orders only. An error of the call other than a lost server is raised as asyncpg
     raised it: the batch is then undecided, and nothing of it was written."""
-    async with unavailable_errors():
-        return await conn.fetch("SELECT * FROM hy_book_set($1)", list(batch))
+    async with acquired(conn) as c, unavailable_errors():
+        return await c.fetch("SELECT * FROM hy_book_set($1)", list(batch))
 
 
 async def cancel(
@@ -98,8 +98,8 @@ async def reschedule(
     version: int | None = None,
     overrides: Sequence[dict[str, Any]] = (),
 ) -> asyncpg.Record:
-    async with database_errors():
-        row = await conn.fetchrow(
+    async with acquired(conn) as c, database_errors():
+        row = await c.fetchrow(
             "SELECT * FROM hy_reschedule($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
             appointment_id,
             patient_id,

@@ -14,7 +14,8 @@ as the same AppError a lone call raises (`pool.refusal`); an error that is no re
 guessed at: that booking is sent again alone, and whatever happens then is its answer. An error of
 the whole call that loses the server (PostgreSQL gone, a timeout) is every booking's answer:
 whether it committed is unknown, which is what DatabaseUnavailable already tells the caller (the
-holds are left to the reaper).
+holds are left to the reaper). No connection to be had at all is DatabaseUnreachable: nothing was
+sent, and the callers give their holds back at once.
 
 The rule-context reads before the commits (`hy_booking_context_batch`) are coalesced the same way
 (ContextReads): one query for the reads of concurrent bookings.

@@ -18,6 +18,7 @@ from app.errors import (
     AppError,
     AppointmentNotLive,
     DatabaseUnavailable,
+    DatabaseUnreachable,
     HoldExpired,
     NotFound,
     OrderNotBookable,
@@ -175,6 +176,25 @@ def refusal(sqlstate: str, message: str, detail: str | None, constraint: str | N
     if sqlstate == UNIQUE_VIOLATION and constraint == "appointment_one_live_per_order":
         return OrderNotBookable(detail="order already has a live appointment")
     return None
+
+
+@asynccontextmanager
+async def acquired(conn: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A connection of the pool (or `conn` itself), for a call whose caller must know whether
+    PostgreSQL can have seen it: no connection to be had raises DatabaseUnreachable (nothing was
+    sent); a failure once the call is under way stays DatabaseUnavailable (it may have committed)."""
+    if not isinstance(conn, asyncpg.Pool):
+        yield conn
+        return
+    try:
+        c = await conn.acquire()
+    except _UNAVAILABLE as exc:
+        logger.warning("database unreachable: %s", type(exc).__name__)
+        raise DatabaseUnreachable(detail=f"postgres: {type(exc).__name__}") from exc
+    try:
+        yield c
+    finally:
+        await conn.release(c)
 
 
 @asynccontextmanager

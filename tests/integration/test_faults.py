@@ -5,10 +5,13 @@ Every case ends in a clear error and a state where PostgreSQL and Redis agree.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
+from typing import Any
 
 import asyncpg
 import pytest
@@ -18,13 +21,15 @@ from app.booking.reaper import reap_expired
 from app.booking.service import BookingService, BookItem
 from app.booking.slot_store import GrabItem, SlotStore
 from app.db import booking_repo
-from app.errors import CacheUnavailable, DatabaseUnavailable, HoldExpired
+from app.db.pool import create_pool
+from app.errors import CacheUnavailable, DatabaseUnavailable, DatabaseUnreachable, HoldExpired
 from app.services import Services
 from tests.conftest import Servers, make_settings
 from tests.helpers import (
     actor_for,
     assert_redis_matches_postgres,
     availability_snapshot,
+    dedicated_slots,
     future_day,
     new_patients_with_orders,
     open_slots,
@@ -284,6 +289,55 @@ async def test_postgres_gone_mid_booking_leaves_the_hold_to_the_reaper(
     await assert_redis_matches_postgres(services, day)
 
 
+class _PostgresUnreachableAfterGrab(SlotStore):
+    """Right after the grab succeeds, the booking's pool can no longer connect: its connections
+    are retired and new ones go to a port where nothing listens."""
+
+    pool: asyncpg.Pool
+
+    async def grab(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = await super().grab(*args, **kwargs)
+        self.pool.set_connect_args(dsn="postgresql://postgres@127.0.0.1:9/none")
+        await self.pool.expire_connections()
+        return result
+
+
+async def test_postgres_unreachable_at_commit_gives_the_places_back_at_once(
+    services: Services, seeded_db: object
+) -> None:
+    """No connection for the commit: nothing reached PostgreSQL, so the booking answers 503 and its
+    places are back at once, not a minute later by the reaper. (A connection lost during the call
+    is the case above: it may have committed, and the reaper decides.)"""
+    clerk = await actor_for(services, "clerk")
+    day = future_day(services)
+    before = await availability_snapshot(services, day)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    pool = await create_pool(services.settings.database, seeded_db.url)  # type: ignore[attr-defined]
+    store = _PostgresUnreachableAfterGrab(services.redis, services.keys)
+    store.pool = pool
+    cut_off = BookingService(
+        pool,
+        store,
+        services.reconciler,
+        services.publisher,
+        hospital_id="h1",
+        hold_ttl_s=60,
+        commit_margin_s=10,
+        rules=services.rules,
+    )
+    try:
+        with pytest.raises(DatabaseUnreachable) as err:
+            await cut_off.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
+    finally:
+        pool.terminate()
+    assert err.value.status == 503 and err.value.code == "database_unavailable"
+    assert await services.store.live_hold_ids(day) == []
+    assert await availability_snapshot(services, day) == before
+    assert await services.pool.fetchval("SELECT count(*) FROM appointment WHERE patient_id = $1", pid) == 0
+    await assert_redis_matches_postgres(services, day)
+
+
 async def test_emptied_redis_is_rebuilt_by_reconcile_to_the_slot(servers: Servers, seeded_db: object) -> None:
     """FLUSHDB on the Redis database the platform uses (its own index, so other users of the server
     are untouched), then reconcile: availability identical to before, slot by slot."""
@@ -326,3 +380,60 @@ async def test_emptied_redis_is_rebuilt_by_reconcile_to_the_slot(servers: Server
     finally:
         await svc.redis.flushdb()
         await svc.close()
+
+
+async def test_rebuilds_during_bookings_keep_the_holds_in_flight(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator's reconcile (or a failover's) rebuilds the day while bookings are between their
+    grab and their confirm: every booking still lands, no confirm finds its hold gone (which would
+    rebuild the day once more, dropping the next ones: a cascade), and Redis ends equal to
+    PostgreSQL."""
+    caplog.set_level(logging.WARNING, logger="app.booking.service")
+    day = future_day(services, 4)
+    clerk = await actor_for(services, "clerk")
+    slots = await dedicated_slots(services, day, "REBUILD-CT", 3, 30)
+    patients = await new_patients_with_orders(services.pool, 60, ["CT-HEAD"])
+    done = asyncio.Event()
+    rebuilds = 0
+
+    async def rebuild_until_done() -> None:
+        nonlocal rebuilds
+        while not done.is_set():
+            await services.reconciler.reconcile_day_safely(day)
+            rebuilds += 1
+            await asyncio.sleep(0)
+
+    async def book_all() -> list[Any]:
+        try:
+            return await asyncio.gather(
+                *(
+                    services.booking.book(clerk, pid, "desk", [BookItem(oid, slots[n % 3])])
+                    for n, (pid, [oid]) in enumerate(patients)
+                ),
+                return_exceptions=True,
+            )
+        finally:
+            done.set()
+
+    results, _ = await asyncio.gather(book_all(), rebuild_until_done())
+    assert all(isinstance(r, list) for r in results), [r for r in results if not isinstance(r, list)][:3]
+    assert rebuilds >= 2
+    assert not [r.getMessage() for r in caplog.records if "vanished" in r.getMessage()]
+    assert await services.pool.fetchval("SELECT sum(booked) FROM slot WHERE id = ANY($1::bigint[])", slots) == 60
+    await assert_redis_matches_postgres(services, day)
+
+    # Cancels while the day is rebuilt: every place comes back once.
+    done.clear()
+
+    async def cancel_half() -> None:
+        try:
+            await asyncio.gather(
+                *(services.booking.cancel(clerk, r[0].appointment_id, "desk", "") for r in results[::2])
+            )
+        finally:
+            done.set()
+
+    await asyncio.gather(cancel_half(), rebuild_until_done())
+    assert await services.pool.fetchval("SELECT sum(booked) FROM slot WHERE id = ANY($1::bigint[])", slots) == 30
+    await assert_redis_matches_postgres(services, day)

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from app.booking.index import BookedRow, DayIndex, LockRow, SlotRow
 from app.booking.keys import KeyBuilder
 from app.booking.slot_store import GrabItem, SlotStore
+from app.errors import CacheUnavailable
 
 DAY = date(2030, 6, 3)
 T0 = 1_906_000_000  # epoch seconds, far in the future
@@ -221,11 +222,110 @@ async def test_reconcile_replaces_the_whole_day(store: SlotStore, redis_client: 
     assert await store.read_slot(DAY, 1) is None
     view = await store.read_slot(DAY, 2)
     assert view is not None and view.capacity == 5 and view.booked == 0  # booked comes from the row
-    assert await store.read_hold(DAY, "h") is None
+    # The hold in flight on the slot that is gone keeps its record (its release or the reaper ends
+    # it), but takes no place and leaves no entry: its slot is not there any more.
+    assert (await store.read_hold(DAY, "h")) is not None
     assert await store.patient_entries(DAY, 7) == {}
+    assert await store.release(DAY, "h", 7, [1])
+    assert await store.read_slot(DAY, 1) is None
     assert 2 in await store.patient_entries(DAY, 8)
     members = {m.decode() for m in await redis_client.smembers(store.keys.day(DAY).members)}
     assert store.keys.day(DAY).slot(2) in members and store.keys.day(DAY).slot(1) not in members
+
+
+async def test_reconcile_keeps_a_hold_in_flight_with_its_places(store: SlotStore) -> None:
+    """PostgreSQL has not committed the hold's booking (yet): the rebuilt day still counts its
+    places, in the pools it took them from, and the hold ends as it would have without a rebuild."""
+    await load(store, [slot(1, T0, cap=3, quotas={"ward": 1}), slot(2, T0 + 1800)])
+    assert (await grab(store, "h-w", 7, "ward", (1, "CT-HEAD", 70), (2, "US-ABD", 71))).pools == ["q:ward", "o"]
+    assert (await grab(store, "h-d", 8, "desk", (1, "CT-HEAD", 80))).ok
+    before = [await store.read_slot(DAY, s) for s in (1, 2)]
+    entries = await store.patient_entries(DAY, 7)
+
+    await load(store, [slot(1, T0, cap=3, quotas={"ward": 1}), slot(2, T0 + 1800)])  # PostgreSQL: nothing booked
+
+    assert [await store.read_slot(DAY, s) for s in (1, 2)] == before
+    one = before[0]
+    assert one is not None and one.booked == 2 and one.quota_left == {"ward": 0} and one.open_left == 1
+    assert await store.patient_entries(DAY, 7) == entries
+    assert await store.live_hold_ids(DAY) == ["h-d", "h-w"]
+    # A second grab of the patient still meets his held entries (overlap, same exam).
+    assert (await grab(store, "h-x", 7, "desk", (2, "CT-HEAD", 72))).reasons == ["DUPLICATE_EXAM"]
+    # One hold is confirmed (its booking committed after the snapshot), the other released.
+    assert await store.confirm(DAY, "h-d", 8)
+    assert await store.release(DAY, "h-w", 7, [1, 2])
+    one, two = await store.read_slot(DAY, 1), await store.read_slot(DAY, 2)
+    assert one is not None and one.booked == 1 and one.quota_left == {"ward": 1} and one.open_left == 1
+    assert two is not None and two.booked == 0 and two.open_left == 2
+    assert await store.live_hold_ids(DAY) == [] and await store.patient_entries(DAY, 7) == {}
+
+
+async def test_reconcile_counts_a_committed_hold_once_and_its_confirm_still_lands(store: SlotStore) -> None:
+    """PostgreSQL committed the hold's booking before the snapshot: the rebuilt counters include
+    it already, so its places are not taken twice, and the confirm on its way finds the hold."""
+    await load(store, [slot(1, T0, cap=2)])
+    assert (await grab(store, "h-c", 9, "desk", (1, "CT-HEAD", 90))).ok
+    await load(store, [slot(1, T0, cap=2, booked=1)], booked=[BookedRow(1, 9, "CT-HEAD", 90, "open", "h-c")])
+    view = await store.read_slot(DAY, 1)
+    assert view is not None and view.booked == 1 and view.open_left == 1
+    assert await store.confirm(DAY, "h-c", 9)  # 1: found, not "vanished" (which would rebuild the day)
+    view = await store.read_slot(DAY, 1)
+    assert view is not None and view.booked == 1
+    assert (await store.patient_entries(DAY, 9))[1].endswith("|h-c|b|90")
+    assert await store.live_hold_ids(DAY) == []
+
+
+async def test_reconcile_replays_confirms_and_cancels_made_after_its_snapshot(
+    store: SlotStore, redis_client: aioredis.Redis
+) -> None:
+    """The snapshot is read from PostgreSQL before the script runs: what was confirmed or given
+    back in between comes from the rebuild window's log, once, checked against the snapshot."""
+    old = BookedRow(2, 5, "US-ABD", 50, "open", "old")
+    await load(store, [slot(1, T0, cap=4), slot(2, T0 + 1800, cap=4, booked=1)], booked=[old])
+    assert (await grab(store, "late", 6, "desk", (1, "CT-HEAD", 60))).ok
+    assert (await grab(store, "early", 7, "desk", (1, "MR-HEAD", 70))).ok
+    log_from = await store.open_rebuild(DAY)
+    # The snapshot is read now: "early" committed already, "late" not yet, "old" still booked.
+    snapshot = DayIndex(
+        DAY,
+        [slot(1, T0, cap=4, booked=1), slot(2, T0 + 1800, cap=4, booked=1)],
+        [BookedRow(1, 7, "MR-HEAD", 70, "open", "early"), old],
+        [],
+    )
+    # Then, before the script: "late" commits and both confirm; "old" is cancelled.
+    assert await store.confirm(DAY, "late", 6) and await store.confirm(DAY, "early", 7)
+    assert await store.cancel(DAY, 2, 5, "o")
+    rb, log = store.keys.day(DAY).rebuilding
+    assert await redis_client.llen(log) == 3
+    await store.replace_day(snapshot, log_from)
+
+    one, two = await store.read_slot(DAY, 1), await store.read_slot(DAY, 2)
+    assert one is not None and one.booked == 2 and one.open_left == 2  # late counted once, early once
+    assert two is not None and two.booked == 0 and two.open_left == 4  # old given back
+    assert (await store.patient_entries(DAY, 6))[1].endswith("|late|b|60")
+    assert await store.patient_entries(DAY, 5) == {}
+    assert await redis_client.exists(rb, log) == 0  # the window closed with the last rebuild
+    # Outside a window nothing is logged.
+    assert await store.cancel(DAY, 1, 6, "o")
+    assert await redis_client.exists(log) == 0
+
+
+async def test_a_rebuild_whose_window_expired_writes_nothing(store: SlotStore, redis_client: aioredis.Redis) -> None:
+    await load(store, [slot(1, T0)])
+    log_from = await store.open_rebuild(DAY)
+    await redis_client.delete(store.keys.day(DAY).rebuilding[0])  # as if it had run out
+    with pytest.raises(CacheUnavailable):
+        await store.replace_day(DayIndex(DAY, [slot(1, T0, cap=9)], [], []), log_from)
+    view = await store.read_slot(DAY, 1)
+    assert view is not None and view.capacity == 2
+
+
+async def test_reconcile_drops_hold_ids_whose_hold_is_gone(store: SlotStore, redis_client: aioredis.Redis) -> None:
+    await load(store, [slot(1, T0)])
+    assert (await grab(store, "h-live", 1, "desk", (1, "CT-HEAD", 1))).ok
+    await redis_client.zadd(store.keys.day(DAY).holds, {"h-dead": EXP_MS})  # an id without its hash
+    await load(store, [slot(1, T0)])
+    assert await store.live_hold_ids(DAY) == ["h-live"]
 
 
 async def test_reconcile_refuses_a_stale_view_of_the_day(store: SlotStore, redis_client: aioredis.Redis) -> None:
@@ -236,7 +336,9 @@ async def test_reconcile_refuses_a_stale_view_of_the_day(store: SlotStore, redis
     # A grab lands between the read and the script: the day's key set changed.
     await grab(store, "h", 7, "desk", (1, "CT-HEAD", 1))
     reply = await store._run(
-        "reconcile", [k.members, k.version, *members, k.slot(1)], [version, len(members), '[[1, "h", "cap", "9"]]']
+        "reconcile",
+        [k.members, k.version, *members, k.slot(1), k.holds],
+        [version, len(members), '[[1, "h", "cap", "9"]]', k.tag],
     )
     assert reply[0] == 0 and reply[1] == b"STALE"
     view = await store.read_slot(DAY, 1)
