@@ -9,7 +9,10 @@ local subscribers (WebSocket handlers) through bounded queues.
   client therefore never slows anyone else.
 * Subscriptions always end: `subscription()` is a context manager, and `close()` ends them all.
 * When the Redis connection is lost and comes back, events in between are lost: every subscriber
-  then gets `RESYNC` and reloads a snapshot. Events carry a sequence number (parsed here once per
+  then gets `RESYNC` and reloads a snapshot. A connection that dies without a word (a firewall or
+  NAT that forgets it, a peer gone without a reset) is found by a health check: after `health_s`
+  of silence the hub sends PING on the subscription, and no answer within `health_s` more counts as
+  a lost connection. Events carry a sequence number (parsed here once per
   event, not once per subscriber) so handlers can also detect gaps themselves.
 * `local` topics (`publish_local`) are fed by this process only (the metrics wall, computed once
   per process and shared by its sockets).
@@ -90,11 +93,13 @@ class Hub:
         *,
         queue_size: int = 256,
         retry_s: float = 0.5,
+        health_s: float = 5.0,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self.queue_size = queue_size
         self.retry_s = retry_s
+        self.health_s = health_s
         self._topics: dict[str, set[Subscription]] = {}
         self._watchers: list[Callable[[str], None]] = []
         self._task: asyncio.Task[None] | None = None
@@ -207,14 +212,23 @@ class Hub:
 
     async def _run(self) -> None:
         lost = False
+        loop = asyncio.get_running_loop()
         while not self._closing:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.psubscribe(self.prefix + "*")
+                heard, pinged = loop.time(), None
                 while not self._closing:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=1.0)
+                    msg = await pubsub.get_message(ignore_subscribe_messages=False, timeout=min(1.0, self.health_s))
+                    now = loop.time()
                     if msg is None:
+                        if pinged is not None and now - pinged >= self.health_s:
+                            raise ConnectionError(f"no answer to PING in {self.health_s:g} s")
+                        if pinged is None and now - heard >= self.health_s:
+                            await pubsub.ping()
+                            pinged = now
                         continue
+                    heard, pinged = now, None
                     kind = msg["type"]
                     if kind == "psubscribe":
                         self.ready.set()
@@ -238,5 +252,5 @@ class Hub:
                 lost = True
                 await asyncio.sleep(self.retry_s)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                with contextlib.suppress(Exception):  # a dead peer must not hold the hub up either
+                    await asyncio.wait_for(pubsub.aclose(), self.health_s)  # type: ignore[no-untyped-call]

@@ -5,8 +5,10 @@ grid script's events and snapshots sharing one counter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -18,6 +20,7 @@ from app.booking.service import CHANNELS, BookItem
 from app.services import Services
 from realtime.hub import RESYNC, Hub, Subscription
 from realtime.publisher import GRID_CHANNELS, EventPublisher
+from tests.conftest import Servers
 from tests.helpers import actor_for, future_day, new_patients_with_orders, open_slots
 
 
@@ -122,6 +125,88 @@ async def test_a_lost_redis_subscription_tells_every_subscriber_to_resync(
         while got is not None and got[0] == RESYNC:  # other hubs killed alongside may add one
             got = await asyncio.wait_for(sub.get(), 5)
         assert got is not None and got[0] == seq
+
+
+class _SilentProxy:
+    """A TCP relay to Redis that can go silent on the connections it has (bytes swallowed both
+    ways, sockets left open), as a firewall that forgets a connection does; new ones still pass."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.silent: list[dict[str, bool]] = []
+        self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
+        self.relays: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._relay, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def go_silent(self) -> None:
+        for state in self.silent:
+            state["silent"] = True
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self.relays.add(task)
+        self.writers.append(writer)
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers.append(up_writer)
+        state = {"silent": False}
+        self.silent.append(state)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            while data := await src.read(65536):
+                if not state["silent"]:
+                    dst.write(data)
+                    await dst.drain()
+
+        with contextlib.suppress(Exception):
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for task in self.relays:
+            task.cancel()
+        await asyncio.gather(*self.relays, return_exceptions=True)
+        for w in self.writers:
+            w.close()
+            with contextlib.suppress(Exception):
+                await w.wait_closed()
+
+
+async def test_a_subscription_that_goes_silent_is_found_by_the_health_check(
+    servers: Servers, redis_prefix: str, publisher: EventPublisher
+) -> None:
+    """No reset, no error: the connection just stops carrying anything. Without a health check the
+    hub would wait on it for ever and every screen would freeze on its last frame."""
+    url = urlsplit(servers.redis)
+    proxy = _SilentProxy(url.hostname or "127.0.0.1", url.port or 6379)
+    port = await proxy.start()
+    client = aioredis.Redis.from_url(f"redis://127.0.0.1:{port}/0")
+    hub = Hub(client, KeyBuilder(redis_prefix, "h1").events_prefix, health_s=0.3)
+    try:
+        await hub.start()
+        assert hub.ready.is_set()
+        with hub.subscription("queue:CT1") as sub:
+            first = await publisher.publish("queue:CT1", {"event": "called"})
+            assert (await drain(sub, 1))[0][0] == first
+            proxy.go_silent()
+            await publisher.publish("queue:CT1", {"event": "called"})  # swallowed on the way
+            event = await asyncio.wait_for(sub.get(), 10)
+            assert event is not None and event[0] == RESYNC
+            deadline = time.monotonic() + 10
+            while not hub.ready.is_set():
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+            third = await publisher.publish("queue:CT1", {"event": "called"})
+            assert (await drain(sub, 1))[0][0] == third
+    finally:
+        await hub.close()
+        await client.aclose()
+        await proxy.close()
 
 
 async def test_grid_events_and_snapshots_share_the_department_day_counter(services: Services) -> None:
