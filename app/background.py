@@ -38,6 +38,9 @@ async def sweep_once(services: Services) -> None:
     )
     if report.released or report.confirmed:
         logger.info("reaper: released %d, confirmed %d", report.released, report.confirmed)
+    # Slots whose Redis counters drifted from PostgreSQL for a reason no code path sees (a split
+    # brain's discarded writes, a hand edit): their days are rebuilt (Reconciler.repair_drift).
+    await services.reconciler.repair_drift()
     await release_due(services.pool, services.reconciler, services.settings.booking.hospital_id, datetime.now(UTC))
     await services.queues.rebuild_dirty()
     await services.orders.sweep_no_shows()

@@ -170,6 +170,7 @@ class Services:
             timezone=b.timezone,
             horizon_days=b.horizon_days,
             publisher=self.publisher,
+            drift_check_s=b.drift_check_s,
         )
         self.rules = RuleService(
             pool,

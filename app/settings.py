@@ -47,6 +47,9 @@ class ServerSettings(msgspec.Struct, frozen=True):
     log_level: str = "info"
     # Events a live screen may fall behind by before it is dropped as too slow (realtime/hub.py).
     live_queue: int = 256
+    # Whether a web process also runs the background roles (app/background.py). On for a single
+    # process (`make run`); off in production, where `python -m app worker` runs them.
+    background: bool = True
 
 
 class SecuritySettings(msgspec.Struct, frozen=True):
@@ -69,6 +72,9 @@ class BookingSettings(msgspec.Struct, frozen=True):
     # never free a hold whose booking is still about to commit.
     commit_margin_s: int = 10
     reaper_interval_s: float = 5.0
+    # How often the background sweep compares every horizon slot's Redis counters with PostgreSQL
+    # (app/booking/reconcile.py, "drift"); 0 turns the check off.
+    drift_check_s: float = 60.0
     # A patient may cancel or move an exam himself (kiosk, phone) until this long before it starts;
     # later only the booking centre can.
     self_change_cutoff_h: float = 2.0
@@ -132,6 +138,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             workers=env_int(env, "HY_WORKERS", 1),
             log_level=env.get("HY_LOG_LEVEL", "info"),
             live_queue=env_int(env, "HY_LIVE_QUEUE", 256),
+            background=env_flag(env, "HY_WEB_BACKGROUND") is not False,
         ),
         security=SecuritySettings(
             session_ttl_s=env_int(env, "HY_SESSION_TTL_S", 8 * 3600),
@@ -149,6 +156,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             timezone=env.get("HY_TIMEZONE", "Asia/Shanghai"),
             horizon_days=env_int(env, "HY_HORIZON_DAYS", 14),
             hold_ttl_s=env_int(env, "HY_HOLD_TTL_S", 60),
+            drift_check_s=float(env.get("HY_DRIFT_CHECK_S", "60")),
             self_change_cutoff_h=float(env.get("HY_SELF_CHANGE_CUTOFF_H", "2")),
             queue_notify_threshold_min=env_int(env, "HY_QUEUE_NOTIFY_MIN", 30),
             queue_elderly_age=env_int(env, "HY_QUEUE_ELDERLY_AGE", 70),

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -16,6 +17,11 @@ from app.errors import AppError
 from realtime.publisher import EventPublisher
 
 logger = logging.getLogger(__name__)
+
+
+# A slot as the drift check saw it: PostgreSQL's booked, capacity and status; Redis's b, cap and st
+# (None: the slot is not in the index); the places the day's live holds take on it.
+Observed = tuple[int, int, str, tuple[int, int, str] | None, int]
 
 
 class Reconciler:
@@ -32,6 +38,7 @@ class Reconciler:
         horizon_days: int,
         now: Callable[[], datetime] = datetime.now,
         publisher: EventPublisher | None = None,
+        drift_check_s: float = 60.0,
     ) -> None:
         self.pool = pool
         self.store = store
@@ -41,6 +48,10 @@ class Reconciler:
         self.now = now
         self.dirty: set[date] = set()
         self.publisher = publisher  # the live grids hear of every rebuilt day
+        self.drift_check_s = drift_check_s  # 0: off
+        self._drift_checked = float("-inf")  # time.monotonic() of the last look at the horizon
+        self._suspects: dict[tuple[date, int], Observed] = {}
+        self.drift_repairs = 0  # days rebuilt because their counters had drifted
 
     def today(self) -> date:
         return self.now().astimezone(self.tz).date()
@@ -137,6 +148,69 @@ class Reconciler:
         for day in missing:
             await self.reconcile_day_safely(day)
         return [day for day in missing if day not in self.dirty]
+
+    # -- drift -------------------------------------------------------------------------------
+    #
+    # Every path that changes a slot in both stores keeps them equal, and the rebuild of a day
+    # keeps the changes in flight. What none of them can see: a write the Redis server itself lost
+    # (a split brain, where an old primary took writes before it was demoted and discarded them; an
+    # operator's hand edit; a bug). The drift check is the safety net: every `drift_check_s` it
+    # compares each horizon slot's counters in Redis with PostgreSQL's, allowing for the places the
+    # live holds take; a slot out of line is looked at again at the next sweep, and only if nothing
+    # on it moved in between (the same PostgreSQL row, the same Redis counters, the same holds: no
+    # booking, cancel or hold can be half-way) is its day rebuilt.
+
+    async def observe_drift(self, days: Sequence[date]) -> dict[tuple[date, int], Observed]:
+        """The slots of `days` whose Redis counters PostgreSQL and the live holds do not explain:
+        (day, slot id) -> (booked, capacity, status in PostgreSQL; b, cap, st in Redis, or None;
+        places held). In line: the same capacity and status, and booked <= b <= booked + held."""
+        if not days:
+            return {}
+        wanted = set(days)
+        rows = await booking_repo.slot_counts(self.pool, self.hospital_id, min(days), max(days))
+        by_day: dict[date, list[asyncpg.Record]] = {}
+        for r in rows:
+            if r["day"] in wanted:
+                by_day.setdefault(r["day"], []).append(r)
+        out: dict[tuple[date, int], Observed] = {}
+        for day, slots in by_day.items():
+            held = await self.store.held_places(day)
+            counters = await self.store.counters(day, [r["id"] for r in slots])
+            for r, got in zip(slots, counters, strict=True):
+                h = held.get(r["id"], 0)
+                pg = (r["booked"], r["capacity"], r["status"])
+                if got is None or got[1:] != pg[1:] or not pg[0] <= got[0] <= pg[0] + h:
+                    out[(day, r["id"])] = (*pg, got, h)
+        return out
+
+    async def repair_drift(self, now: float | None = None) -> list[date]:
+        """One step of the drift check, for each background sweep: the suspects of the last look
+        again, rebuilding the days of those that stood still out of line; or, when due, a look at
+        the whole horizon for new suspects. Returns the days rebuilt."""
+        if self.drift_check_s <= 0:
+            return []
+        now = time.monotonic() if now is None else now
+        if self._suspects:
+            suspects, self._suspects = self._suspects, {}
+            again = await self.observe_drift(sorted({day for day, _ in suspects}))
+            still = {key: seen for key, seen in again.items() if suspects.get(key) == seen}
+            days = sorted({day for day, _ in still})
+            for day in days:
+                slots = sorted(sid for d, sid in still if d == day)
+                logger.warning(
+                    "redis counters drifted from postgres on %d slot(s) of %s (first: slot %d, %s): rebuilding the day",
+                    len(slots),
+                    day,
+                    slots[0],
+                    still[(day, slots[0])],
+                )
+                await self.reconcile_day_safely(day)
+                self.drift_repairs += 1
+            return days
+        if now - self._drift_checked >= self.drift_check_s:
+            self._drift_checked = now
+            self._suspects = await self.observe_drift(self.horizon())
+        return []
 
     async def reconcile_dirty(self) -> list[date]:
         done = []

@@ -7,6 +7,7 @@ Redis errors become CacheUnavailable at this boundary.
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import date
@@ -327,6 +328,30 @@ class SlotStore:
     async def patient_entries(self, day: date, patient_id: int) -> dict[int, str]:
         raw = await self._call(lambda: self.client.hgetall(self.keys.day(day).patient(patient_id)))
         return {int(_text(k)): _text(v) for k, v in raw.items()}
+
+    async def counters(self, day: date, slot_ids: Sequence[int]) -> list[tuple[int, int, str] | None]:
+        """(b, cap, st) of each slot, in order; None where the index has no such slot."""
+        k = self.keys.day(day)
+        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            for sid in slot_ids:
+                pipe.hmget(k.slot(sid), "b", "cap", "st")
+            rows = await pipe.execute()
+        return [None if b is None else (int(b), int(cap), _text(st)) for b, cap, st in rows]
+
+    async def held_places(self, day: date) -> Counter[int]:
+        """Places the day's live holds take, per slot."""
+        k = self.keys.day(day)
+        ids = await self.live_hold_ids(day)
+        held: Counter[int] = Counter()
+        if not ids:
+            return held
+        async with redis_errors(), self.client.pipeline(transaction=False) as pipe:
+            for hold_id in ids:
+                pipe.hget(k.hold(hold_id), "items")
+            for items in await pipe.execute():
+                for part in _text(items).split(",") if items else ():
+                    held[int(part.split(":", 1)[0])] += 1
+        return held
 
     async def live_hold_ids(self, day: date) -> list[str]:
         raw = await self._call(lambda: self.client.zrange(self.keys.day(day).holds, 0, -1))

@@ -218,6 +218,21 @@ async def day_index(conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, d
     )
 
 
+async def slot_counts(
+    conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, start: date, end: date
+) -> list[asyncpg.Record]:
+    """Every slot of the days from `start` to `end`: day, id, booked, capacity, status (the
+    counters the Redis index mirrors; app/booking/reconcile.py's drift check)."""
+    async with database_errors():
+        return await conn.fetch(
+            """SELECT day, id, booked, capacity, status FROM slot
+                WHERE hospital_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, id""",
+            hospital_id,
+            start,
+            end,
+        )
+
+
 async def days_with_slots(
     conn: asyncpg.Connection | asyncpg.Pool, hospital_id: str, start: date, end: date
 ) -> list[date]:
