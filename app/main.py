@@ -94,9 +94,16 @@ def build_routes() -> list[BaseRoute]:
 
 
 def create_app(
-    settings: Settings, database_url: str, redis_url: str, *, background: bool = True, services: Services | None = None
+    settings: Settings,
+    database_url: str,
+    redis_url: str,
+    *,
+    background: bool | None = None,
+    services: Services | None = None,
 ) -> Starlette:
-    """The app for one worker. Pass `services` to share ones the caller already opened (tests)."""
+    """The app for one worker. Pass `services` to share ones the caller already opened (tests).
+    `background`: run the background roles in this process too (default: HY_WEB_BACKGROUND)."""
+    run_roles = settings.server.background if background is None else background
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -104,7 +111,9 @@ def create_app(
         svc = services or await Services.open(settings, database_url, redis_url)
         app.state.services = svc
         stop = asyncio.Event()
-        task = asyncio.create_task(run_background(svc, stop)) if background else None
+        task = asyncio.create_task(run_background(svc, stop)) if run_roles else None
+        if not run_roles:
+            logger.info("background roles off in this process: `python -m app worker` runs them")
         try:
             yield
         finally:
@@ -125,6 +134,7 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers=handlers, lifespan=lifespan)
     install_security_headers(app, settings.web)
     app.state.openapi = build_openapi(routes, _version())
+    app.state.background = run_roles
     return app
 
 
