@@ -11,6 +11,8 @@ import asyncpg
 import httpx
 
 from app.booking.index import DayIndex
+from app.booking.service import BookingService
+from app.booking.slot_store import SlotStore
 from app.db import booking_repo
 from app.demo.data import DEMO_PASSWORD
 from app.security.actor import Actor
@@ -277,3 +279,17 @@ def assert_clear_503(response: httpx.Response) -> None:
     assert response.headers.get("retry-after") == "5"
     assert body["code"] == "cache_unavailable" and body["status"] == 503
     assert any(ord(ch) in CJK for ch in body["title"]), body  # a Chinese message for the clerk
+
+
+def booking_service_on(services: Services, pool: asyncpg.Pool, store: SlotStore) -> BookingService:
+    """A booking service like the platform's, on the given pool and slot store (fault tests)."""
+    return BookingService(
+        pool,
+        store,
+        services.reconciler,
+        services.publisher,
+        hospital_id="h1",
+        hold_ttl_s=60,
+        commit_margin_s=10,
+        rules=services.rules,
+    )

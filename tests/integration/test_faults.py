@@ -29,6 +29,7 @@ from tests.helpers import (
     actor_for,
     assert_redis_matches_postgres,
     availability_snapshot,
+    booking_service_on,
     dedicated_slots,
     future_day,
     new_patients_with_orders,
@@ -216,16 +217,7 @@ async def test_redis_gone_gives_a_clear_503_and_writes_nothing(services: Service
     [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
     slot = (await open_slots(services, "CT-HEAD", day))[0]
     dead = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.5)
-    broken = BookingService(
-        services.pool,
-        SlotStore(dead, services.keys),
-        services.reconciler,
-        services.publisher,
-        hospital_id="h1",
-        hold_ttl_s=60,
-        commit_margin_s=10,
-        rules=services.rules,
-    )
+    broken = booking_service_on(services, services.pool, SlotStore(dead, services.keys))
     with pytest.raises(CacheUnavailable) as err:
         await broken.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
     assert err.value.status == 503
@@ -259,16 +251,7 @@ async def test_postgres_gone_mid_booking_leaves_the_hold_to_the_reaper(
     store = _PostgresDiesAfterGrab(services.redis, services.keys)
     store.admin = admin_conn
     store.database = seeded_db.name  # type: ignore[attr-defined]
-    dying = BookingService(
-        services.pool,
-        store,
-        services.reconciler,
-        services.publisher,
-        hospital_id="h1",
-        hold_ttl_s=60,
-        commit_margin_s=10,
-        rules=services.rules,
-    )
+    dying = booking_service_on(services, services.pool, store)
     with pytest.raises(DatabaseUnavailable) as err:
         await dying.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])
     assert err.value.status == 503
@@ -316,16 +299,7 @@ async def test_postgres_unreachable_at_commit_gives_the_places_back_at_once(
     pool = await create_pool(services.settings.database, seeded_db.url)  # type: ignore[attr-defined]
     store = _PostgresUnreachableAfterGrab(services.redis, services.keys)
     store.pool = pool
-    cut_off = BookingService(
-        pool,
-        store,
-        services.reconciler,
-        services.publisher,
-        hospital_id="h1",
-        hold_ttl_s=60,
-        commit_margin_s=10,
-        rules=services.rules,
-    )
+    cut_off = booking_service_on(services, pool, store)
     try:
         with pytest.raises(DatabaseUnreachable) as err:
             await cut_off.book(clerk, pid, "desk", [BookItem(oid, slot["id"])])

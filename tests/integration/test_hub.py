@@ -48,6 +48,13 @@ async def drain(sub: Subscription, n: int, wait_s: float = 5.0) -> list[tuple[in
     return out
 
 
+async def _until_ready(hub: Hub, wait_s: float = 10) -> None:
+    deadline = time.monotonic() + wait_s
+    while not hub.ready.is_set():
+        assert time.monotonic() < deadline, "the hub did not resubscribe"
+        await asyncio.sleep(0.05)
+
+
 async def test_one_event_reaches_every_subscriber_of_its_topic_only(hub: Hub, publisher: EventPublisher) -> None:
     with hub.subscription("queue:CT1") as a, hub.subscription("queue:CT1") as b, hub.subscription("queue:CT2") as c:
         seq = await publisher.publish("queue:CT1", {"event": "called", "number": "0023"})
@@ -116,10 +123,7 @@ async def test_a_lost_redis_subscription_tells_every_subscriber_to_resync(
             await redis_client.client_kill_filter(_id=c["id"])
         event = await asyncio.wait_for(sub.get(), 10)
         assert event is not None and event[0] == RESYNC
-        deadline = time.monotonic() + 10
-        while not hub.ready.is_set():
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.05)
+        await _until_ready(hub)
         seq = await publisher.publish("grid:RAD:x", {"event": "booked"})
         got = await asyncio.wait_for(sub.get(), 5)
         while got is not None and got[0] == RESYNC:  # other hubs killed alongside may add one
@@ -197,10 +201,7 @@ async def test_a_subscription_that_goes_silent_is_found_by_the_health_check(
             await publisher.publish("queue:CT1", {"event": "called"})  # swallowed on the way
             event = await asyncio.wait_for(sub.get(), 10)
             assert event is not None and event[0] == RESYNC
-            deadline = time.monotonic() + 10
-            while not hub.ready.is_set():
-                assert time.monotonic() < deadline
-                await asyncio.sleep(0.05)
+            await _until_ready(hub)
             third = await publisher.publish("queue:CT1", {"event": "called"})
             assert (await drain(sub, 1))[0][0] == third
     finally:

@@ -15,11 +15,18 @@ import asyncpg
 import orjson
 import uvicorn
 
-from app.booking.service import BookingService, BookItem
+from app.booking.service import BookItem
 from app.errors import SlotUnavailable
 from app.main import create_app
 from app.services import Services
-from tests.helpers import actor_for, assert_redis_matches_postgres, future_day, new_patients_with_orders, token_for
+from tests.helpers import (
+    actor_for,
+    assert_redis_matches_postgres,
+    booking_service_on,
+    future_day,
+    new_patients_with_orders,
+    token_for,
+)
 
 ATTEMPTS = 2000
 SLOTS = 10
@@ -161,16 +168,7 @@ async def test_refusals_of_a_full_slot_are_answered_by_redis_alone(services: Ser
         await services.booking.book(clerk, pid, "desk", [BookItem(oid, slot_ids[n % SLOTS])])
     dead_pool = await asyncpg.create_pool(services.settings.database.url, min_size=0, max_size=1)
     await dead_pool.close()
-    gate_only = BookingService(
-        dead_pool,
-        services.store,
-        services.reconciler,
-        services.publisher,
-        hospital_id="h1",
-        hold_ttl_s=60,
-        commit_margin_s=10,
-        rules=services.rules,
-    )
+    gate_only = booking_service_on(services, dead_pool, services.store)
     gate_only._slot_day.update(services.booking._slot_day)  # slots seen before: their day is known
     reasons = []
     for n, (pid, [oid]) in enumerate(patients[SLOTS * CAPACITY :]):

@@ -70,8 +70,10 @@ for _, hold_id in ipairs(redis.call('ZRANGE', holds, 0, -1)) do
     for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
     local pkey = tag .. ':pt:' .. f.patient
     local items = {}
+    local held = '|' .. hold_id .. '|h|'
     for slot_id, pool in string.gmatch(f.items, '([^:,]+):([^,]+)') do
-      items[#items + 1] = {slot_id, pool, redis.call('HGET', pkey, slot_id)}
+      local entry = redis.call('HGET', pkey, slot_id)
+      items[#items + 1] = {slot_id, pool, (entry and string.find(entry, held, 1, true)) and entry or ''}
     end
     live[#live + 1] = {hold_id, f, pkey, items}
   else
@@ -103,28 +105,39 @@ for _, op in ipairs(payload) do
   end
 end
 
-for _, h in ipairs(live) do
-  local hold_id, f, pkey, items = h[1], h[2], h[3], h[4]
-  local booked, held = '|' .. hold_id .. '|b|', '|' .. hold_id .. '|h|'
-  local committed = false
+-- Whether the snapshot has the hold's booking: the patient's entry on one of its slots is booked
+-- by this hold.
+local function in_snapshot(hold_id, pkey, items)
+  local booked = '|' .. hold_id .. '|b|'
   for _, item in ipairs(items) do
     local entry = redis.call('HGET', pkey, item[1])
     if entry and string.find(entry, booked, 1, true) then
-      committed = true
-      break
+      return true
     end
   end
-  if not committed then
-    for _, item in ipairs(items) do
-      local slot = tag .. ':slot:' .. item[1]
-      if redis.call('EXISTS', slot) == 1 then
-        redis.call('HINCRBY', slot, 'b', 1)
-        redis.call('HINCRBY', slot, item[2], -1)
-        if item[3] and string.find(item[3], held, 1, true) then
-          redis.call('HSET', pkey, item[1], item[3])
-        end
+  return false
+end
+
+-- Take the items' places again ({slot_id, pool field, patient entry or ""}) on the slots the
+-- snapshot has, and put their entries back.
+local function take(pkey, items)
+  for _, item in ipairs(items) do
+    local slot = tag .. ':slot:' .. item[1]
+    if redis.call('EXISTS', slot) == 1 then
+      redis.call('HINCRBY', slot, 'b', 1)
+      redis.call('HINCRBY', slot, item[2], -1)
+      if item[3] ~= '' then
+        redis.call('HSET', pkey, item[1], item[3])
+        redis.call('SADD', members, pkey)
       end
     end
+  end
+end
+
+for _, h in ipairs(live) do
+  local hold_id, f, pkey, items = h[1], h[2], h[3], h[4]
+  if not in_snapshot(hold_id, pkey, items) then
+    take(pkey, items)
   end
   local hkey = tag .. ':hold:' .. hold_id
   redis.call('HSET', hkey, 'patient', f.patient, 'channel', f.channel, 'exp', f.exp, 'items', f.items)
@@ -136,28 +149,9 @@ if log_from then
   for _, raw in ipairs(redis.call('LRANGE', rblog, log_from, -1)) do
     local ev = cjson.decode(raw)
     if ev[1] == 'confirm' then
-      local hold_id, pkey = ev[2], tag .. ':pt:' .. ev[3]
-      local booked = '|' .. hold_id .. '|b|'
-      local seen = false
-      for _, item in ipairs(ev[4]) do
-        local entry = redis.call('HGET', pkey, item[1])
-        if entry and string.find(entry, booked, 1, true) then
-          seen = true
-          break
-        end
-      end
-      if not seen then
-        for _, item in ipairs(ev[4]) do
-          local slot = tag .. ':slot:' .. item[1]
-          if redis.call('EXISTS', slot) == 1 then
-            redis.call('HINCRBY', slot, 'b', 1)
-            redis.call('HINCRBY', slot, item[2], -1)
-            if item[3] ~= '' then
-              redis.call('HSET', pkey, item[1], item[3])
-              redis.call('SADD', members, pkey)
-            end
-          end
-        end
+      local pkey = tag .. ':pt:' .. ev[3]
+      if not in_snapshot(ev[2], pkey, ev[4]) then
+        take(pkey, ev[4])
       end
     elseif ev[1] == 'cancel' then
       local slot_id, pkey, pool, gone = ev[2], tag .. ':pt:' .. ev[3], ev[4], ev[5]
