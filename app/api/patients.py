@@ -4,6 +4,7 @@ himself, never in full)."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -89,7 +90,11 @@ async def patient_appointments(call: Call) -> dict[str, Any]:
     await patient_repo.audit(
         call.services.pool, call.staff, "read", "patient.appointments", str(patient["id"]), patient["id"]
     )
-    return {"patient": patient, "appointments": [dict(r.items()) for r in rows]}
+    # Until when the patient may still cancel or move each one himself (the kiosk, the phone): the
+    # self-service page offers those buttons only before then (BookingService._check_self_window).
+    window = timedelta(seconds=call.services.booking.self_change_cutoff_s)
+    appointments = [{**dict(r.items()), "self_change_until": r["starts_at"] - window} for r in rows]
+    return {"patient": patient, "appointments": appointments}
 
 
 routes = [

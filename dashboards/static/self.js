@@ -1,8 +1,9 @@
 // Self-service on a kiosk or a phone (微信 H5): identity check, pending orders, one-tap plan,
 // confirmation with the preparation, my appointments with reschedule (改约: another day and time
 // offered for the exam, confirmed, then the new time with its preparation) and cancel. Changes
-// stop some hours before the exam (HY_SELF_CHANGE_CUTOFF_H): the API's refusal is shown as it
-// comes. Large touch targets.
+// stop some hours before the exam (HY_SELF_CHANGE_CUTOFF_H): past an appointment's
+// `self_change_until` the page offers neither and says whom to ask; a refusal that comes anyway
+// (the window closed while the page was open) is shown as it comes. Large touch targets.
 'use strict';
 (() => {
   const { $, hm, loadClock, el } = HY;
@@ -58,7 +59,9 @@
         picker.hidden = !picker.hidden;
         if (!picker.hidden) reschedulePicker(a, picker);
       };
-      const actions = [move, cancel];
+      // Inside the hospital's change window the API would refuse both: say so instead of offering them.
+      const late = a.self_change_until && new Date(a.self_change_until) <= new Date();
+      const actions = late ? [el('span', { className: 'hint window' }, '临近检查时间，如需取消或改约请联系预约中心')] : [move, cancel];
       if (a.day === HY.today() && (a.order_status === 'booked' || a.order_status === 'paid')) {
         // On the day: check in here (the kiosk), instead of at the department's desk.
         const checkIn = el('button', { className: 'primary checkin', type: 'button' }, '签到');

@@ -197,13 +197,18 @@ async def test_a_nurse_batch_books_five_inpatients_and_opens_their_slips(service
 PHONE = {"width": 390, "height": 844}
 
 
-async def self_book(page: Page, base: str, shots: str = "self") -> int:
-    """Identify as PATIENTS[3] on /self and book the one-tap plan; the number of appointments."""
+async def identify(page: Page, base: str) -> None:
+    """Open /self and identify as PATIENTS[3], as at a kiosk."""
     who = PATIENTS[3]
     await page.goto(f"{base}/self")
     await page.fill("input[name=id_number]", who.id_number or "")
     await page.fill("input[name=name]", who.name)
     await page.click("#id-form button")
+
+
+async def self_book(page: Page, base: str, shots: str = "self") -> int:
+    """Identify as PATIENTS[3] on /self and book the one-tap plan; the number of appointments."""
+    await identify(page, base)
     await page.locator("#order-list li").first.wait_for()
     pending = await page.locator("#order-list li").count()
     await page.click("#plan")
@@ -304,9 +309,17 @@ async def test_a_patient_reschedules_on_a_phone_until_the_change_window_closes(
             await refusal.wait_for()
             assert "不能自助取消或改约" in (await refusal.text_content() or "")
             await page.screenshot(path=SHOTS / "self-reschedule-refused.png", full_page=True)
+            assert await li.locator("button.time").first.is_hidden()  # no other time offered then
+            # Shown again inside the window (the patient identifies anew), the page no longer
+            # offers what the API would refuse.
+            await identify(page, base)
+            li = page.locator(f"#appt-{new['id']}")
+            await li.locator(".window").wait_for()
+            assert "请联系预约中心" in (await li.text_content() or "")
+            assert await li.locator("button.move").count() == 0 and await li.locator("button.cancel").count() == 0
+            await page.screenshot(path=SHOTS / "self-change-window.png", full_page=True)
         finally:
             services.booking.self_change_cutoff_s = cutoff
-        assert await li.locator("button.time").first.is_hidden()  # no other time offered then
     still = await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", new["id"])
     assert still == "booked"
 
