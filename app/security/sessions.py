@@ -3,7 +3,9 @@ caches the resolved principal so the hot path does not ask PostgreSQL.
 
 Staff authentication (等保三级, DOMAIN.md section 7):
 - lockout: `max_failures` failed passwords (or second-factor codes) within `failure_window_s` lock
-  the account for `lockout_s`, even for the right password (counters in ``staff_user``);
+  the account for `lockout_s`, even for the right password (counters in ``staff_user``). A login
+  name with no active account is counted and "locked" the same way (in Redis), so the answers do
+  not tell which names exist;
 - second factor: accounts with an enrolled TOTP secret -- and, when `require_totp` is set (on in
   production), every account holding one of `totp_roles` -- pass a code after the password: login
   answers a short-lived pending token (a session restricted to ``totp_pending``) that only
@@ -43,6 +45,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from app.booking.keys import KeyBuilder
+from app.booking.slot_store import load_script
 from app.db import auth_repo, auth_security_repo, booking_repo
 from app.errors import AppError, Conflict, Forbidden, NotAuthenticated, ValidationFailed
 from app.security import totp
@@ -208,6 +211,7 @@ class SessionManager:
         self.clock = clock
         self.limits = limits or RateLimiter(redis, keys)
         self.certificates = certificates or CertificateAuthenticator(pool)
+        self._name_failures = redis.register_script(load_script("login_failures"))
 
     # -- opening sessions ---------------------------------------------------------------------
 
@@ -276,7 +280,9 @@ class SessionManager:
         )
 
     def _locked(self, user: asyncpg.Record, now: datetime) -> None:
-        until = user["locked_until"]
+        self._raise_if_locked(user["locked_until"], now)
+
+    def _raise_if_locked(self, until: datetime | None, now: datetime) -> None:
         if until is not None and until > now:
             minutes = max(1, int((until - now).total_seconds() + 59) // 60)
             raise AccountLocked(
@@ -292,6 +298,33 @@ class SessionManager:
         )
         if until is not None:
             logger.warning("user %s locked until %s after %d failures", user["id"], until.isoformat(), p.max_failures)
+            raise AccountLocked(detail="account locked after repeated failures", locked_until=until.isoformat())
+
+    def _name_key(self, username: str) -> str:
+        """The Redis key of a login name without an account (hashed: the name may be a typo of
+        someone's real name, or a phone number)."""
+        digest = hashlib.sha256(username.strip().lower().encode()).hexdigest()
+        return f"{self.keys.prefix}:lkn:{digest}"
+
+    async def _name_locked(self, username: str, now: datetime) -> None:
+        try:
+            raw = await self.redis.hget(self._name_key(username), "until")
+        except (RedisError, OSError):
+            return  # without Redis the name simply is not locked; real accounts still are
+        if raw:
+            self._raise_if_locked(datetime.fromtimestamp(float(raw), UTC), now)
+
+    async def _name_failed(self, username: str, now: datetime) -> None:
+        p = self.policy
+        try:
+            ends = await self._name_failures(
+                keys=[self._name_key(username)],
+                args=[now.timestamp(), p.failure_window_s, p.max_failures, p.lockout_s],
+            )
+        except (RedisError, OSError):
+            return
+        if ends:
+            until = datetime.fromtimestamp(float(ends), UTC)
             raise AccountLocked(detail="account locked after repeated failures", locked_until=until.isoformat())
 
     def _password_expired(self, user: asyncpg.Record, now: datetime) -> bool:
@@ -324,15 +357,22 @@ class SessionManager:
     async def login(self, username: str, password: str, terminal: str = "", ip: str = "") -> LoginResult:
         now = self.clock()
         user = await auth_security_repo.user_for_login(self.pool, username)
-        if user is not None and user["active"]:
-            self._locked(user, now)  # before argon2: a locked account costs no CPU
+        known = user is not None and user["active"]
+        # Before argon2: a locked account costs no CPU. A name with no active account answers
+        # exactly as an account would (its own counter), so lockouts do not reveal which exist.
+        if known:
+            self._locked(user, now)
+        else:
+            await self._name_locked(username, now)
         # argon2 takes a few hundred milliseconds of CPU on purpose: off the event loop, so one
         # login does not stall every other request of the worker.
         valid = await asyncio.to_thread(verify_password, user["password_hash"] if user else _DUMMY_HASH, password)
         if user is None or not valid or not user["active"]:
             logger.info("login refused for an account (terminal %s)", terminal or "-")
-            if user is not None and user["active"]:
+            if known:
                 await self._failed(user, now)
+            else:
+                await self._name_failed(username, now)
             raise NotAuthenticated("用户名或密码错误", detail="bad credentials")
         if self._totp_needed(user) and user["totp_secret"]:
             token, expires_at = await self._open(

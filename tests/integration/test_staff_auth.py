@@ -142,6 +142,45 @@ async def test_lockout_answers_423_problem_json(services: Services, client: http
     )
 
 
+async def _answers(m: SessionManager, username: str, password: str, times: int) -> list[tuple[str, str]]:
+    """What `times` logins get: the error's class and message, or "ok"."""
+    seen = []
+    for _ in range(times):
+        try:
+            await m.login(username, password)
+            seen.append(("ok", ""))
+        except (NotAuthenticated, AccountLocked) as exc:
+            seen.append((type(exc).__name__, exc.message))
+    return seen
+
+
+async def test_a_name_without_an_account_locks_as_an_account_does(services: Services, clock: Clock) -> None:
+    """Lockouts must not tell an attacker which names exist: a made-up name, and a real one,
+    get the same answers, failure by failure, locked and unlocked at the same times."""
+    m = manager(services, clock)
+    real = await _answers(m, "clerk", "wrong-password", 6)
+    made_up = await _answers(m, "no-such-user", "wrong-password", 6)
+    assert real == made_up
+    assert [kind for kind, _ in made_up] == ["NotAuthenticated"] * 4 + ["AccountLocked"] * 2
+    assert "30分钟" in made_up[-1][1]
+    assert await _answers(m, "No-Such-User ", DEMO_PASSWORD, 1) == [made_up[-1]]  # the same name, any case
+    clock.advance(minutes=31)
+    assert await _answers(m, "no-such-user", "wrong-password", 1) == [("NotAuthenticated", "用户名或密码错误")]
+    assert await _answers(m, "clerk", "wrong-password", 1) == [("NotAuthenticated", "用户名或密码错误")]
+
+
+async def test_a_made_up_name_is_locked_with_a_423_too(client: httpx.AsyncClient) -> None:
+    for _ in range(4):
+        r = await client.post("/api/v1/auth/login", json={"username": "nobody-here", "password": "nope"})
+        problem(r, 401, "not_authenticated")
+    body = problem(
+        await client.post("/api/v1/auth/login", json={"username": "nobody-here", "password": "nope"}),
+        423,
+        "account_locked",
+    )
+    assert "锁定" in body["title"] and body["locked_until"]
+
+
 async def test_idle_timeout_30_minutes_on_workstations_15_on_kiosks(services: Services, clock: Clock) -> None:
     m = manager(services, clock)
     token = (await m.login("clerk", DEMO_PASSWORD, terminal="desk-3")).token
