@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -180,6 +181,8 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
         if not args.no_demo:
             _print_accounts()
             settings = _with_demo_peer(settings)
+            settings = msgspec.structs.replace(settings, server=msgspec.structs.replace(settings.server, demo=True))
+            os.environ["HY_DEMO"] = "1"  # for the worker processes of a multi-worker run
         workers = args.workers or settings.server.workers
         host, port = args.host or settings.server.host, args.port or settings.server.port
         print(f"汇约 HuiYue listening on {scheme(settings.web)}://{host}:{port}/", flush=True)

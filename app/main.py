@@ -135,6 +135,7 @@ def create_app(
     install_security_headers(app, settings.web)
     app.state.openapi = build_openapi(routes, _version())
     app.state.background = run_roles
+    app.state.demo = settings.server.demo  # the landing page names the demo password (app/api/pages.py)
     return app
 
 

@@ -50,6 +50,8 @@ class ServerSettings(msgspec.Struct, frozen=True):
     # Whether a web process also runs the background roles (app/background.py). On for a single
     # process (`make run`); off in production, where `python -m app worker` runs them.
     background: bool = True
+    # Started as the demo (`serve` without --no-demo): the landing page names the demo password.
+    demo: bool = False
 
 
 class SecuritySettings(msgspec.Struct, frozen=True):
@@ -139,6 +141,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             log_level=env.get("HY_LOG_LEVEL", "info"),
             live_queue=env_int(env, "HY_LIVE_QUEUE", 256),
             background=env_flag(env, "HY_WEB_BACKGROUND") is not False,
+            demo=env_flag(env, "HY_DEMO") is True,
         ),
         security=SecuritySettings(
             session_ttl_s=env_int(env, "HY_SESSION_TTL_S", 8 * 3600),

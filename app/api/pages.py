@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
 from app.api.routing import PUBLIC, page_route
+from app.demo.data import DEMO_PASSWORD
 from app.errors import NotFound
 
 _STATIC = resources.files("dashboards").joinpath("static")
@@ -53,9 +54,12 @@ PAGES = {
 
 def _page(name: str) -> Callable[[Request], Awaitable[Response]]:
     html = _STATIC.joinpath(name).read_text(encoding="utf-8")
+    # The landing page names the demo accounts' password only on a demo server (`serve` without
+    # --no-demo): a hospital's own server has no such accounts, and its page says nothing of them.
+    demo_html = html.replace("<!--demo-->", f"（演示账号密码均为 {DEMO_PASSWORD}）")
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(html)
+        return HTMLResponse(demo_html if getattr(request.app.state, "demo", False) else html)
 
     page.__name__ = name.removesuffix(".html") + "_page"
     return page

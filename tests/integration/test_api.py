@@ -8,8 +8,10 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import msgspec
 import pytest
 
+from app.demo.data import DEMO_PASSWORD
 from app.main import create_app
 from app.services import Services
 from tests.helpers import future_day, new_patients_with_orders, open_slots, token_for
@@ -300,3 +302,17 @@ async def test_admin_lock_reconcile_generate_over_http(client: httpx.AsyncClient
     assert r.status_code == 200 and r.json()["days"][str(day)] > 0
     r = await client.post("/api/v1/admin/slots/generate", json={}, headers=h)
     assert r.status_code == 200 and r.json()["inserted"] == 0  # idempotent: the horizon already exists
+
+
+async def test_the_landing_page_names_the_demo_password_only_on_a_demo_server(
+    services: Services, client: httpx.AsyncClient
+) -> None:
+    page = await client.get("/")
+    assert page.status_code == 200 and "各岗位页面" in page.text
+    assert DEMO_PASSWORD not in page.text and "演示账号" not in page.text
+    server = msgspec.structs.replace(services.settings.server, demo=True)  # as `serve` without --no-demo
+    app = create_app(msgspec.structs.replace(services.settings, server=server), "", "", services=services)
+    app.state.services = services
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://hy.test") as c:
+        shown = await c.get("/")
+    assert shown.status_code == 200 and f"演示账号密码均为 {DEMO_PASSWORD}" in shown.text
