@@ -15,6 +15,11 @@ from app.db.pool import database_errors
 # The topic is written into the statements as a literal (not a parameter), so their plans can use
 # the partial index outbox_notice_pending: a generic plan cannot match a parameter to its predicate.
 TOPIC = "patient.notice"
+# Notices whose text is a secret (an SMS login code): once delivered or set aside, the row keeps
+# only this in place of the text, so the outbox (and every backup of it) holds no usable code.
+LOGIN_CODE_KIND = "login_code"
+SECRET_KINDS = frozenset({LOGIN_CODE_KIND})
+REDACTED = "（验证码短信：正文发送后不留存）"
 
 
 async def claim_due(conn: asyncpg.Connection, now: datetime, limit: int) -> list[asyncpg.Record]:
@@ -69,6 +74,15 @@ async def record_outcomes(
                 "UPDATE outbox SET delivered_at = $2, last_error = NULL WHERE id = ANY($1::bigint[])",
                 list(delivered),
                 now,
+            )
+        finished = [*delivered, *(d[0] for d in dead)]
+        if finished:
+            await conn.execute(
+                """UPDATE outbox SET payload = payload || jsonb_build_object('message', $2::text)
+                    WHERE id = ANY($1::bigint[]) AND payload ->> 'kind' = ANY($3::text[])""",
+                finished,
+                REDACTED,
+                sorted(SECRET_KINDS),
             )
         if retries:
             await conn.execute(

@@ -46,7 +46,7 @@ from redis.exceptions import RedisError
 
 from app.booking.keys import KeyBuilder
 from app.booking.slot_store import load_script
-from app.db import auth_repo, auth_security_repo, booking_repo
+from app.db import auth_repo, auth_security_repo, booking_repo, notify_repo
 from app.errors import AppError, Conflict, Forbidden, NotAuthenticated, ValidationFailed
 from app.security import totp
 from app.security.actor import Actor
@@ -67,7 +67,7 @@ PENDING = "totp_pending"
 ENROL = "totp_enrol"
 PASSWORD = "password_change"  # noqa: S105 - a restriction's name, not a password  # nosec B105
 
-SMS_KIND = "login_code"
+SMS_KIND = notify_repo.LOGIN_CODE_KIND  # its text is redacted once sent (notify_repo.SECRET_KINDS)
 SMS_CODE_TTL_S = 300
 SMS_RESEND_S = 60
 SMS_CODE_ATTEMPTS = 5

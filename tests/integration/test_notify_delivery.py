@@ -420,3 +420,28 @@ async def test_the_notification_loop_delivers_queued_notices_until_stopped(pool:
     finally:
         stop.set()
         await asyncio.wait_for(loop, timeout=5)
+
+
+async def test_a_login_code_leaves_no_trace_in_the_outbox_once_sent_or_set_aside(
+    pool: asyncpg.Pool, gateway: Gateway
+) -> None:
+    """The SMS carries the code; the outbox row (and every backup of it) keeps only a placeholder,
+    whether the message was delivered or set aside. Other notices keep their text."""
+    sent_to, refused = await _patients(pool, ["13800000031", REFUSED_PHONE])
+    code_text = "【汇约】您的登录验证码为482913，5分钟内有效。请勿将验证码告诉他人。"
+    ids = [
+        await notify_repo.queue_notice(pool, p, {"kind": notify_repo.LOGIN_CODE_KIND, "message": code_text})
+        for p in (sent_to, refused)
+    ]
+    other = await notify_repo.queue_notice(pool, sent_to, {"kind": "test", "message": "普通通知"})
+    sender = _sms_sender(gateway)
+    try:
+        report = await deliver_due(pool, sender, datetime.now(UTC) + timedelta(seconds=1))
+    finally:
+        await sender.aclose()
+    assert (report.delivered, report.failed) == (2, 1)
+    assert gateway.bodies[f"hy-{ids[0]}"]["content"].endswith(code_text)  # the patient got it
+    rows = {r["id"]: r for r in await pool.fetch("SELECT id, payload->>'message' AS message FROM outbox")}
+    assert rows[ids[0]]["message"] == rows[ids[1]]["message"] == notify_repo.REDACTED
+    assert rows[other]["message"] == "普通通知"
+    assert "482913" not in str(await pool.fetch("SELECT payload FROM outbox"))
