@@ -4,7 +4,6 @@ himself, never in full)."""
 
 from __future__ import annotations
 
-from datetime import timedelta
 from typing import Annotated, Any
 
 import msgspec
@@ -92,8 +91,8 @@ async def patient_appointments(call: Call) -> dict[str, Any]:
     )
     # Until when the patient may still cancel or move each one himself (the kiosk, the phone): the
     # self-service page offers those buttons only before then (BookingService._check_self_window).
-    window = timedelta(seconds=call.services.booking.self_change_cutoff_s)
-    appointments = [{**dict(r.items()), "self_change_until": r["starts_at"] - window} for r in rows]
+    until = call.services.booking.self_change_until
+    appointments = [{**dict(r.items()), "self_change_until": until(r["starts_at"])} for r in rows]
     return {"patient": patient, "appointments": appointments}
 
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from typing import TypeVar
 
 import asyncpg
@@ -309,11 +309,15 @@ class BookingService:
             for r in rows
         ]
 
+    def self_change_until(self, starts_at: datetime) -> datetime:
+        """Until when a patient may cancel or move an exam starting at `starts_at` himself."""
+        return starts_at - timedelta(seconds=self.self_change_cutoff_s)
+
     def _check_self_window(self, channel: str, appt: asyncpg.Record) -> None:
         """On the self-service channel, changes stop `self_change_cutoff_s` before the exam."""
         if channel != "self":
             return
-        if appt["starts_at"].timestamp() - time.time() < self.self_change_cutoff_s:
+        if self.self_change_until(appt["starts_at"]).timestamp() < time.time():
             hours = self.self_change_cutoff_s / 3600
             raise ValidationFailed(
                 f"距检查开始已不足{hours:g}小时，不能自助取消或改约，请联系预约中心",

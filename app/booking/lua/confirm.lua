@@ -22,6 +22,7 @@ local items = fields[1]
 if not items then
   return 0
 end
+-- Plain find: hold ids may hold characters that are magic in Lua patterns (such as '-').
 local held, booked = '|' .. hold_id .. '|h|', '|' .. hold_id .. '|b|'
 local done = {}
 for slot_id, pool in string.gmatch(items, '([^:,]+):([^,]+)') do
