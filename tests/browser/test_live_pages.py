@@ -230,11 +230,14 @@ def shown_time(services: Services, at: datetime) -> str:
 
 
 def outside_change_window(services: Services) -> None:
-    """The plan books the earliest places it finds, which during the hospital's morning are
-    inside the self-service change window (2 h before the exam): the cancel and reschedule below
-    would be refused whenever the suite runs then. Those tests are about the change itself; the
-    window has its own step in the reschedule test."""
-    services.booking.self_change_cutoff_s = 0.0
+    """The plan books the earliest places it finds, which during the hospital's day are inside
+    the self-service change window (2 h before the exam): the cancel and reschedule below would be
+    refused whenever the suite runs then. A cutoff of 0 is not enough: a slot stays bookable until
+    it ends, so the earliest place may be one that started minutes ago (the CI run at 08:00 in
+    Shanghai booked one and found no 改约 button). Those tests are about the change itself; the
+    window has its own step in the reschedule test. Here changes stay open until a day after the
+    start."""
+    services.booking.self_change_cutoff_s = -86400.0
 
 
 async def test_a_patient_self_books_on_a_phone_and_cancels_one(services: Services, browser: Browser) -> None:
