@@ -10,6 +10,13 @@ Two forms:
   failover. The user and password before ``@`` are those of the Redis servers (the primary and its
   replicas, ``requirepass`` / ``masterauth``); ``sentinel_password`` (and ``sentinel_username``)
   only when the Sentinels themselves require one. Percent-encode ``@ : , / ? # %`` in a password.
+* ``rediss+sentinel://…``: the same over TLS, to the Sentinels and to the servers alike (Redis's
+  ``tls-port``, ``tls-replication``; Sentinels configured with ``tls-port`` too). More options:
+  ``ssl_ca_certs`` (the CA file that signed the servers' certificates; the system's store when left
+  out), ``ssl_certfile`` and ``ssl_keyfile`` (this client's certificate, when the servers ask for
+  one: ``tls-auth-clients``), ``ssl_cert_reqs`` (``required``, the default, or ``none``: no check
+  of the servers' certificates, for a test bench only) and ``ssl_check_hostname`` (``1``, the
+  default, or ``0``: the certificates must then name the addresses the Sentinels announce).
 
 `parse_redis_url` checks either form once, at start-up (`app.settings.load_settings`), so a bad URL
 stops the process with one line naming REDIS_URL — never a password, never a stack trace for a user.
@@ -17,15 +24,23 @@ stops the process with one line naming REDIS_URL — never a password, never a s
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from redis.asyncio.connection import parse_url
 
 SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_TLS_SCHEME = "rediss+sentinel"
 SENTINEL_PORT = 26379
 _SENTINEL_OPTIONS = frozenset({"sentinel_username", "sentinel_password"})
-_FORMS = "redis://host:6379/0, rediss://…, unix://…, or redis+sentinel://host1:26379,host2:26379/<master-name>/0"
+_TLS_FILES = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+_TLS_OPTIONS = frozenset({*_TLS_FILES, "ssl_cert_reqs", "ssl_check_hostname"})
+_FORMS = (
+    "redis://host:6379/0, rediss://…, unix://…, "
+    "or redis+sentinel://host1:26379,host2:26379/<master-name>/0 (rediss+sentinel:// over TLS)"
+)
 
 
 class RedisUrlError(ValueError):
@@ -44,17 +59,18 @@ class SentinelUrl:
     password: str | None = field(default=None, repr=False)  # the Redis servers'
     sentinel_username: str | None = None
     sentinel_password: str | None = field(default=None, repr=False)
+    # rediss+sentinel://: redis-py's SSL connection arguments, for the Sentinels and the servers
+    # alike (ssl=True and the ssl_* options given); None for plain TCP.
+    tls: dict[str, Any] | None = None
 
 
 def parse_redis_url(url: str) -> SentinelUrl | None:
     """The Sentinel form parsed, or None for a one-server URL (checked here, used by redis-py)."""
     scheme = url.partition("://")[0].lower() if "://" in url else ""
-    if scheme == SENTINEL_SCHEME:
-        return _parse_sentinel(url)
+    if scheme in (SENTINEL_SCHEME, SENTINEL_TLS_SCHEME):
+        return _parse_sentinel(url, tls=scheme == SENTINEL_TLS_SCHEME)
     if scheme.endswith("+sentinel"):
-        raise RedisUrlError(
-            f"{scheme}:// is not supported (TLS through Sentinel is not built); use {SENTINEL_SCHEME}://"
-        )
+        raise RedisUrlError(f"unknown scheme {scheme}://; expected {_FORMS}")
     if scheme not in ("redis", "rediss", "unix"):
         raise RedisUrlError(f"unknown scheme {scheme + '://' if scheme else '(none)'}; expected {_FORMS}")
     try:
@@ -68,7 +84,7 @@ def parse_redis_url(url: str) -> SentinelUrl | None:
     return None
 
 
-def _parse_sentinel(url: str) -> SentinelUrl:
+def _parse_sentinel(url: str, *, tls: bool) -> SentinelUrl:
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -103,11 +119,13 @@ def _parse_sentinel(url: str) -> SentinelUrl:
         query = parse_qsl(parts.query, keep_blank_values=True, strict_parsing=bool(parts.query))
     except ValueError:
         raise RedisUrlError("the query string is malformed") from None
+    known = _SENTINEL_OPTIONS | _TLS_OPTIONS if tls else _SENTINEL_OPTIONS
     options: dict[str, str] = {}
     for key, value in query:
-        if key not in _SENTINEL_OPTIONS:
-            allowed = ", ".join(sorted(_SENTINEL_OPTIONS))
-            raise RedisUrlError(f"unknown option {key[:40]!r} (the Sentinel form takes {allowed})")
+        if key not in known:
+            allowed = ", ".join(sorted(known))
+            more = "" if tls else "; the ssl_* options need rediss+sentinel://"
+            raise RedisUrlError(f"unknown option {key[:40]!r} (the Sentinel form takes {allowed}{more})")
         if key in options:
             raise RedisUrlError(f"option {key!r} given twice")
         options[key] = value
@@ -119,7 +137,33 @@ def _parse_sentinel(url: str) -> SentinelUrl:
         password=password,
         sentinel_username=options.get("sentinel_username") or None,
         sentinel_password=options.get("sentinel_password") or None,
+        tls=_tls_arguments(options) if tls else None,
     )
+
+
+def _tls_arguments(options: dict[str, str]) -> dict[str, Any]:
+    """redis-py's SSL connection arguments from the URL's ssl_* options, checked here: a file that
+    is not there or a mode that does not exist stops the process at start-up, not at the first
+    command."""
+    out: dict[str, Any] = {"ssl": True}
+    for name in _TLS_FILES:
+        if name in options:
+            path = options[name]
+            if not path or not os.path.isfile(path):
+                raise RedisUrlError(f"{name}: no file {path[:200]!r}")
+            out[name] = path
+    if ("ssl_certfile" in out) != ("ssl_keyfile" in out):
+        raise RedisUrlError("ssl_certfile and ssl_keyfile go together (this client's certificate and its key)")
+    reqs = options.get("ssl_cert_reqs", "required")
+    if reqs not in ("required", "none"):
+        raise RedisUrlError(f"ssl_cert_reqs is required or none, got {reqs[:20]!r}")
+    out["ssl_cert_reqs"] = reqs
+    check = options.get("ssl_check_hostname", "1")
+    if check not in ("1", "0"):
+        raise RedisUrlError(f"ssl_check_hostname is 1 or 0, got {check[:20]!r}")
+    # No certificate check means no name to check either (Python's ssl refuses the pair).
+    out["ssl_check_hostname"] = check == "1" and reqs == "required"
+    return out
 
 
 def _host_port(text: str) -> tuple[str, int]:

@@ -122,11 +122,13 @@ class BlockingSentinelPool(SentinelConnectionPool, aioredis.BlockingConnectionPo
 
 def _sentinel_client(url: SentinelUrl, max_connections: int, timeout_s: float) -> aioredis.Redis:
     logger.info(
-        "redis: the primary of %r, as %d Sentinel(s) name it: %s",
+        "redis: the primary of %r, as %d Sentinel(s) name it%s: %s",
         url.master,
         len(url.sentinels),
+        " over TLS" if url.tls else "",
         ", ".join(f"{host}:{port}" for host, port in url.sentinels),
     )
+    tls = url.tls or {}  # rediss+sentinel://: TLS to the Sentinels and to the servers alike
     sentinel = Sentinels(  # type: ignore[no-untyped-call]
         list(url.sentinels),
         # No retries on a Sentinel: the next one in the list is asked instead.
@@ -137,6 +139,7 @@ def _sentinel_client(url: SentinelUrl, max_connections: int, timeout_s: float) -
             "socket_timeout": timeout_s,
             "retry": Retry(NoBackoff(), 0),
             "max_connections": max_connections,
+            **tls,
         },
     )
     client: aioredis.Redis = sentinel.master_for(
@@ -149,6 +152,7 @@ def _sentinel_client(url: SentinelUrl, max_connections: int, timeout_s: float) -
         password=url.password,
         socket_connect_timeout=timeout_s,
         socket_timeout=timeout_s,
+        **tls,
     )
     return client
 

@@ -60,9 +60,13 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-async def start_redis(port: int, *args: str, password: str | None = None) -> subprocess.Popen[bytes]:
+async def start_redis(
+    port: int, *args: str, password: str | None = None, tls: dict[str, Any] | None = None
+) -> subprocess.Popen[bytes]:
     """A throw-away redis-server (no RDB, no AOF) on `port`, ready to answer; `args` are more
-    command-line options (e.g. "--replicaof", "127.0.0.1", "6380"), `password` its requirepass."""
+    command-line options (e.g. "--replicaof", "127.0.0.1", "6380"), `password` its requirepass.
+    A server that speaks TLS only (`args` with "--port 0 --tls-port <port>" and its tls-* files) is
+    asked whether it is ready with the client's SSL arguments `tls`."""
     assert REDIS_SERVER is not None
     auth = ["--requirepass", password, "--masterauth", password] if password else []
     proc = subprocess.Popen(  # noqa: ASYNC220 - started once; its readiness is awaited below
@@ -88,7 +92,7 @@ async def start_redis(port: int, *args: str, password: str | None = None) -> sub
         stderr=subprocess.DEVNULL,
     )
     try:
-        await wait_for_redis(port, password=password)
+        await wait_for_redis(port, password=password, tls=tls)
     except BaseException:
         proc.kill()
         proc.wait(5)
@@ -96,9 +100,12 @@ async def start_redis(port: int, *args: str, password: str | None = None) -> sub
     return proc
 
 
-async def wait_for_redis(port: int, *, password: str | None = None, wait_s: float = 5.0) -> None:
-    """Until the Redis (or Sentinel) server on `port` answers PING."""
-    client = aioredis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=0.2)
+async def wait_for_redis(
+    port: int, *, password: str | None = None, wait_s: float = 5.0, tls: dict[str, Any] | None = None
+) -> None:
+    """Until the Redis (or Sentinel) server on `port` answers PING (over TLS with `tls`, redis-py's
+    SSL arguments)."""
+    client = aioredis.Redis(host="127.0.0.1", port=port, password=password, socket_connect_timeout=0.2, **(tls or {}))
     deadline = time.monotonic() + wait_s
     try:
         while time.monotonic() < deadline:

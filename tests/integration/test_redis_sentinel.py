@@ -87,7 +87,7 @@ class Cluster:
         return aioredis.Redis(host="127.0.0.1", port=port, password=PASSWORD, socket_timeout=5)
 
 
-def _sentinel_conf(folder: Path, port: int, primary_port: int) -> Path:
+def _sentinel_conf(folder: Path, port: int, primary_port: int, *, quorum: int = 2) -> Path:
     """Sentinel rewrites its file: one writable copy per Sentinel, in the test's tmp_path."""
     folder.mkdir()
     conf = folder / "sentinel.conf"
@@ -99,7 +99,7 @@ def _sentinel_conf(folder: Path, port: int, primary_port: int) -> Path:
                 "daemonize no",
                 f"dir {folder}",
                 f'logfile "{folder / "sentinel.log"}"',
-                f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2",
+                f"sentinel monitor {MASTER} 127.0.0.1 {primary_port} {quorum}",
                 f"sentinel auth-pass {MASTER} {PASSWORD}",
                 f"sentinel down-after-milliseconds {MASTER} 1000",
                 f"sentinel failover-timeout {MASTER} 4000",
@@ -496,3 +496,121 @@ async def test_every_process_role_follows_the_sentinels(
         f"\nserve process: /ready back {back_s:.2f}s after the primary's SIGKILL; its own sweep rebuilt the "
         f"index {repaired_s:.2f}s after it; `python -m app reconcile` ran through the Sentinels"
     )
+
+
+# -- the same over TLS ------------------------------------------------------------------------------
+
+
+def _certificates(folder: Path) -> dict[str, Path]:
+    """The demo CA and a certificate it signed for localhost and 127.0.0.1, the address the
+    Sentinels announce (scripts/make-demo-certs, as an operator would make them for a trial)."""
+    subprocess.run([str(PROJECT_ROOT / "scripts" / "make-demo-certs"), str(folder)], check=True, capture_output=True)
+    return {"ca": folder / "ca.pem", "cert": folder / "server.pem", "key": folder / "server.key"}
+
+
+async def test_the_platform_books_through_sentinels_over_tls_and_follows_a_failover(
+    tmp_path: Path, seeded_db: CloneDb, redis_prefix: str
+) -> None:
+    """rediss+sentinel://: a primary and a replica that speak TLS only (no plain port), replicating
+    over TLS, and a Sentinel that speaks TLS only. `serve` on that URL books; the primary killed,
+    the Sentinel promotes the replica and `serve` books through it, still over TLS. The same URL
+    without TLS reaches nothing."""
+    assert REDIS_SERVER is not None
+    files = _certificates(tmp_path / "tls")
+    tls_server = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"])]
+    tls_server += ["--tls-ca-cert-file", str(files["ca"]), "--tls-auth-clients", "no", "--tls-replication", "yes"]
+    client_tls = {"ssl": True, "ssl_ca_certs": str(files["ca"])}
+    primary_port, replica_port, sentinel_port = free_ports(3)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        primary = await start_redis(
+            primary_port, "--port", "0", "--tls-port", str(primary_port), *tls_server, password=PASSWORD, tls=client_tls
+        )
+        procs.append(primary)
+        replica_args = ["--port", "0", "--tls-port", str(replica_port), *tls_server]
+        replica_args += ["--replicaof", "127.0.0.1", str(primary_port)]
+        procs.append(await start_redis(replica_port, *replica_args, password=PASSWORD, tls=client_tls))
+        replica = aioredis.Redis(port=replica_port, password=PASSWORD, socket_timeout=2, **client_tls)
+        try:
+
+            async def in_sync() -> bool:
+                return (await replica.info("replication")).get("master_link_status") == "up"
+
+            await _until("the replica in sync over TLS", in_sync, 20)
+        finally:
+            await replica.aclose()
+
+        folder = tmp_path / "sentinel"
+        conf = _sentinel_conf(folder, 0, primary_port, quorum=1)
+        conf.write_text(
+            conf.read_text()
+            + "\n".join(
+                [
+                    f"tls-port {sentinel_port}",
+                    f"tls-cert-file {files['cert']}",
+                    f"tls-key-file {files['key']}",
+                    f"tls-ca-cert-file {files['ca']}",
+                    "tls-auth-clients no",
+                    "tls-replication yes",  # how a Sentinel reaches the servers: over TLS
+                    "",
+                ]
+            )
+        )
+        sentinel_proc = subprocess.Popen(  # noqa: ASYNC220 - started once; readiness awaited below
+            [REDIS_SERVER, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        procs.append(sentinel_proc)
+        await wait_for_redis(sentinel_port, tls=client_tls)
+        watcher = aioredis.Redis(port=sentinel_port, socket_timeout=2, **client_tls)
+        try:
+
+            async def knows_the_replica() -> bool:
+                return any(
+                    r["port"] == replica_port and not r["is_sdown"] for r in await watcher.sentinel_slaves(MASTER)
+                )
+
+            await _until("the Sentinel watching the pair over TLS", knows_the_replica, 20)
+        finally:
+            await watcher.aclose()
+
+        tls_url = f"rediss+sentinel://:{PASSWORD}@127.0.0.1:{sentinel_port}/{MASTER}/0?ssl_ca_certs={files['ca']}"
+        plain = create_redis(tls_url.replace("rediss+sentinel", "redis+sentinel").partition("?")[0], 2, 1.0)
+        try:
+            with pytest.raises(redis.RedisError):  # no plain port anywhere: the platform needs TLS here
+                await plain.ping()
+        finally:
+            await plain.aclose()
+
+        async with running_worker(seeded_db.url, tls_url, redis_prefix, HY_RATE_LIMITS="0") as (base, _):
+            svc = await Services.open(make_settings(seeded_db.url, tls_url, redis_prefix), seeded_db.url, tls_url)
+            try:
+                day = future_day(svc, 2)
+                slot_ids = await dedicated_slots(svc, day, ROOM, 2, 5)
+                (p1, [o1]), (p2, [o2]) = await new_patients_with_orders(svc.pool, 2, ["CT-HEAD"])
+                token = await token_for(svc, "clerk")
+                async with httpx.AsyncClient(base_url=base, headers={"authorization": f"Bearer {token}"}) as client:
+                    first = await client.post("/api/v1/appointments", json=booking_body(p1, o1, slot_ids[0]))
+                    assert first.status_code == 201, first.text
+                    sigkill(primary)
+
+                    async def books() -> bool:
+                        r = await client.post("/api/v1/appointments", json=booking_body(p2, o2, slot_ids[1]))
+                        assert r.status_code in (201, 503), r.text
+                        return r.status_code == 201
+
+                    await _until("a booking through the promoted replica, over TLS", books, RECOVERY_BOUND_S)
+                assert (await svc.redis.connection_pool.get_master_address())[1] == replica_port
+                booked, _ = await postgres_outcome(svc, slot_ids)
+                assert booked == {slot_ids[0]: 1, slot_ids[1]: 1}
+
+                async def agree() -> bool:  # a write the replica missed is `serve`'s sweep to rebuild
+                    return not (await redis_disagreements(svc, day))[1]
+
+                await _until("Redis agreeing with PostgreSQL on the promoted replica", agree, 20)
+                await assert_redis_matches_postgres(svc, day)
+            finally:
+                await svc.close()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                sigkill(proc)

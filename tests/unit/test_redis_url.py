@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from redis.asyncio.sentinel import Sentinel
+from redis.asyncio.connection import SSLConnection
+from redis.asyncio.sentinel import Sentinel, SentinelManagedSSLConnection
 
 from app.__main__ import main
 from app.redis_url import RedisUrlError, SentinelUrl, parse_redis_url
@@ -77,7 +78,12 @@ def test_sentinel_urls(url: str, expected: SentinelUrl) -> None:
         ("127.0.0.1:6379", "unknown scheme (none)"),
         ("http://redis.example/0", "unknown scheme http://"),
         ("sentinel://s1:26379/huiyue", "unknown scheme sentinel://"),
-        ("rediss+sentinel://s1/huiyue", "not supported"),
+        ("valkey+sentinel://s1/huiyue", "unknown scheme valkey+sentinel://"),
+        ("rediss+sentinel://s1/huiyue?ssl_ca_certs=/no/such/ca.pem", "ssl_ca_certs: no file"),
+        ("rediss+sentinel://s1/huiyue?ssl_cert_reqs=optional", "required or none"),
+        ("rediss+sentinel://s1/huiyue?ssl_check_hostname=yes", "1 or 0"),
+        ("rediss+sentinel://s1/huiyue?ssl_certfile=" + __file__, "go together"),
+        ("redis+sentinel://s1/huiyue?ssl_cert_reqs=none", "need rediss+sentinel"),
         ("redis://:secret@redis.example:port/0", "port is not a number"),
         ("redis://redis.example/0?socket_timeout=soon", "socket_timeout"),
         ("redis+sentinel://s1:26379", "name the master"),
@@ -138,6 +144,41 @@ async def test_create_redis_builds_a_blocking_pool_on_the_sentinels_primary() ->
         assert "pw" not in repr(parse_redis_url(url)) and "sp" not in repr(parse_redis_url(url))
     finally:
         await client.aclose()  # closes the Sentinel clients too
+
+
+def test_tls_sentinel_urls() -> None:
+    """rediss+sentinel://: the same Sentinels, with TLS for them and the servers (app/redis_url.py)."""
+    here = __file__  # any existing file stands for a certificate here; the TLS test uses real ones
+    url = parse_redis_url(f"rediss+sentinel://:pw@s1,s2:26390/huiyue/2?ssl_ca_certs={here}&sentinel_password=sp")
+    assert url == SentinelUrl(
+        (("s1", 26379), ("s2", 26390)),
+        "huiyue",
+        2,
+        password="pw",
+        sentinel_password="sp",
+        tls={"ssl": True, "ssl_ca_certs": here, "ssl_cert_reqs": "required", "ssl_check_hostname": True},
+    )
+    bare = parse_redis_url("rediss+sentinel://s1/m?ssl_cert_reqs=none")
+    assert bare is not None and bare.tls == {"ssl": True, "ssl_cert_reqs": "none", "ssl_check_hostname": False}
+    mutual = parse_redis_url(f"rediss+sentinel://s1/m?ssl_certfile={here}&ssl_keyfile={here}&ssl_check_hostname=0")
+    assert mutual is not None and mutual.tls is not None
+    tls = mutual.tls
+    assert (tls["ssl_certfile"], tls["ssl_keyfile"], tls["ssl_check_hostname"]) == (here, here, False)
+    plain = parse_redis_url("redis+sentinel://s1/m")
+    assert plain is not None and plain.tls is None
+
+
+async def test_create_redis_speaks_tls_to_the_sentinels_and_the_primary() -> None:
+    client = create_redis(f"rediss+sentinel://:pw@127.0.0.1:1/huiyue?ssl_ca_certs={__file__}", 3, 1.0)
+    try:
+        pool = client.connection_pool
+        assert issubclass(pool.connection_class, SentinelManagedSSLConnection)
+        assert pool.connection_kwargs["ssl_ca_certs"] == __file__
+        (sentinel,) = pool.sentinel_manager.sentinels
+        assert issubclass(sentinel.connection_pool.connection_class, SSLConnection)
+        assert sentinel.connection_pool.connection_kwargs["ssl_ca_certs"] == __file__
+    finally:
+        await client.aclose()
 
 
 def _master_state(ip: str, down: bool) -> dict[str, Any]:
