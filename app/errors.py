@@ -138,6 +138,8 @@ class ServiceUnavailable(AppError):
 class DatabaseUnavailable(ServiceUnavailable):
     code = "database_unavailable"
     title = "系统暂时无法访问数据库，请稍后重试；如不确定是否已预约，请先查询预约记录"
+    # The server process that ran the lost call (app.db.pool.Backend), when a pool connection ran it.
+    backend: Any = None
 
 
 class DatabaseUnreachable(DatabaseUnavailable):

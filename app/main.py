@@ -105,7 +105,7 @@ def settle_heap() -> None:
     live as long as the process, so the collector is told to stop scanning them (gc.freeze), and
     young collections come less often. Before, a full collection walked them all every few seconds
     under load: 14 in a 45-second benchmark, ~37 ms each with the event loop stopped, which is the
-    latency tail (load_tests/README.md, "Garbage collection")."""
+    latency tail (docs/scaling.md, 2026-12-01; load_tests/README.md, "Garbage collection")."""
     gc.collect()
     gc.freeze()
     _young, middle, old = gc.get_threshold()

@@ -265,6 +265,7 @@ class Services:
                 gc.calls,
                 gc.items / gc.calls,
             )
+        await self.booking.in_doubt.close()
         await self.live.close()
         await self.notifier.aclose()
         await self.pool.close()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from datetime import date
+from typing import Literal
 
 import asyncpg
 import msgspec
@@ -37,25 +39,44 @@ async def reap_expired(
     report = ReapReport()
     for day in reconciler.horizon():
         for hold_id in await store.claim_expired(day, now_ms - grace_ms, lease_ms):
-            hold = await store.read_hold(day, hold_id)
-            if hold is None:
-                report.vanished += 1
-                continue
-            made, live = await booking_repo.hold_outcome(pool, hold_id)
-            if made:
-                await store.confirm(day, hold_id, hold.patient_id)
-                if live != len(hold.items):
-                    # Cancelled or moved since it committed: PostgreSQL decides what the day looks
-                    # like (the day's other holds in flight survive the rebuild). When the booking
-                    # stands, confirming it is the whole repair.
-                    await reconciler.reconcile_day(day)
+            outcome = await settle_hold(pool, store, reconciler, day, hold_id, publisher)
+            if outcome == "confirmed":
                 report.confirmed += 1
-                logger.info("reaper confirmed committed hold %s", hold_id)
-            else:
-                slot_ids = [slot_id for slot_id, _ in hold.items]
-                await store.release(day, hold_id, hold.patient_id, slot_ids)
-                if publisher is not None:
-                    await publisher.slots_changed(day, slot_ids, "released")
+            elif outcome == "released":
                 report.released += 1
-                logger.info("reaper released hold %s", hold_id)
+            else:
+                report.vanished += 1
     return report
+
+
+async def settle_hold(
+    pool: asyncpg.Pool,
+    store: SlotStore,
+    reconciler: Reconciler,
+    day: date,
+    hold_id: str,
+    publisher: EventPublisher | None = None,
+    *,
+    by: str = "reaper",
+) -> Literal["confirmed", "released", "vanished"]:
+    """A hold whose booking can no longer commit: confirmed if PostgreSQL has its booking, else
+    its places given back (`by` the reaper, or app/booking/in_doubt.py)."""
+    hold = await store.read_hold(day, hold_id)
+    if hold is None:
+        return "vanished"
+    made, live = await booking_repo.hold_outcome(pool, hold_id)
+    if made:
+        await store.confirm(day, hold_id, hold.patient_id)
+        if live != len(hold.items):
+            # Cancelled or moved since it committed: PostgreSQL decides what the day looks
+            # like (the day's other holds in flight survive the rebuild). When the booking
+            # stands, confirming it is the whole repair.
+            await reconciler.reconcile_day(day)
+        logger.info("%s confirmed committed hold %s", by, hold_id)
+        return "confirmed"
+    slot_ids = [slot_id for slot_id, _ in hold.items]
+    await store.release(day, hold_id, hold.patient_id, slot_ids)
+    if publisher is not None:
+        await publisher.slots_changed(day, slot_ids, "released")
+    logger.info("%s released hold %s", by, hold_id)
+    return "released"

@@ -25,6 +25,7 @@ import msgspec
 from redis.exceptions import RedisError
 
 from app.booking.availability import refusal
+from app.booking.in_doubt import InDoubt
 from app.booking.index import pool_field, pool_name
 from app.booking.reconcile import Reconciler
 from app.booking.slot_store import GrabItem, SlotStore
@@ -200,6 +201,7 @@ class BookingService:
         self.self_change_cutoff_s = self_change_cutoff_s
         self.clock = clock
         self._slot_day: dict[int, date] = {}
+        self.in_doubt = InDoubt(pool, store, reconciler, publisher)
 
     async def book(
         self,
@@ -285,9 +287,10 @@ class BookingService:
             # rather than in a minute, by the reaper.
             await self._release_all(patient_id, holds)
             raise
-        except DatabaseUnavailable:
-            # The commit may or may not have happened: leave the holds to the reaper, which asks
-            # PostgreSQL once it is back and confirms or releases accordingly.
+        except DatabaseUnavailable as exc:
+            # The commit may or may not have happened: settled as soon as the backend that ran it
+            # is gone (app/booking/in_doubt.py), else by the reaper once the holds expire.
+            self.in_doubt.watch(exc.backend, [(day, hold_id) for day, hold_id, _ in holds], expires_ms)
             raise
         except AppError:
             await self._release_all(patient_id, holds)

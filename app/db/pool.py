@@ -8,10 +8,12 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
+import msgspec
 import orjson
 
 from app.errors import (
@@ -62,11 +64,39 @@ _UNAVAILABLE = (
 )
 
 
+class Backend(msgspec.Struct, frozen=True):
+    """The server process behind one pool connection: which postmaster (its start time, which
+    differs between a primary and its promoted standby, and across a restart) and which backend
+    of it (its pid and start). A transaction in flight on a connection that was lost can still
+    commit while that backend lives on that server, and never after (app/booking/in_doubt.py)."""
+
+    postmaster_start: datetime
+    pid: int
+    backend_start: datetime
+
+
+class HyConnection(asyncpg.Connection):  # type: ignore[misc]  # asyncpg ships no types
+    """The pool's connections, which know their backend (set once, when the pool opens them)."""
+
+    __slots__ = ("backend",)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     for name in ("json", "jsonb"):
         await conn.set_type_codec(
             name, encoder=lambda v: orjson.dumps(v).decode(), decoder=orjson.loads, schema="pg_catalog"
         )
+    if issubclass(type(conn), HyConnection):  # (asyncpg's isinstance says yes for any connection)
+        row = await conn.fetchrow(
+            "SELECT pg_postmaster_start_time() AS postmaster_start, pid, backend_start"
+            " FROM pg_stat_activity WHERE pid = pg_backend_pid()"
+        )
+        conn.backend = Backend(row["postmaster_start"], row["pid"], row["backend_start"]) if row else None
+
+
+def backend_of(conn: asyncpg.Connection) -> Backend | None:
+    """The backend of a pool connection (or of the connection a pool proxy stands for)."""
+    return getattr(conn, "backend", None)
 
 
 async def _light_reset(conn: asyncpg.Connection) -> None:
@@ -146,6 +176,7 @@ async def create_pool(settings: DatabaseSettings, dsn: str) -> asyncpg.Pool:
             command_timeout=settings.command_timeout_s,
             init=_init_connection,
             reset=_light_reset,
+            connection_class=HyConnection,
             connect=_connect_in_turn if _needs_own_connect(dsn) else None,
         )
     assert pool is not None
@@ -191,8 +222,13 @@ async def acquired(conn: asyncpg.Connection | asyncpg.Pool) -> AsyncIterator[asy
     except _UNAVAILABLE as exc:
         logger.warning("database unreachable: %s", type(exc).__name__)
         raise DatabaseUnreachable(detail=f"postgres: {type(exc).__name__}") from exc
+    backend = backend_of(c)  # read now: a lost connection is detached from its proxy
     try:
         yield c
+    except DatabaseUnavailable as exc:
+        # Lost during the call: whether it committed is known once this backend is gone.
+        exc.backend = exc.backend or backend
+        raise
     finally:
         await conn.release(c)
 

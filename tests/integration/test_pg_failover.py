@@ -10,7 +10,8 @@ Invariants:
   other error;
 - every booking the platform acknowledged is on the promoted server (synchronous replication:
   nothing committed is lost) and no slot is over capacity;
-- after the reaper has settled the holds the crash left behind, Redis and PostgreSQL agree;
+- once the service has settled the holds the crash left in doubt (without the reaper, long before
+  they expire), Redis and PostgreSQL agree;
 - bookings go on through the same Services against the new primary (the host list), and the 503s
   are a short burst around the failover.
 """
@@ -30,12 +31,11 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from app.booking.reaper import ReapReport, reap_expired
 from app.booking.service import BookItem
 from app.db.migrate import migrate
 from app.db.pool import connect, create_pool
 from app.demo.seed import seed_demo
-from app.errors import AppError, DatabaseUnavailable, SlotUnavailable
+from app.errors import AppError, SlotUnavailable
 from app.security.actor import Actor
 from app.services import Services
 from app.settings import PROJECT_ROOT, DatabaseSettings
@@ -60,6 +60,7 @@ BEFORE = 120  # bookings committed before the primary is crashed
 AFTER = 120  # bookings committed on the promoted standby before the storm stops
 DETECTION_S = 0.3  # the gap between the crash and the promotion (a failover manager's reaction)
 PHASE_TIMEOUT_S = 20.0
+SETTLED_BOUND_S = 10.0  # promotion -> every in-doubt hold settled (they would expire after 60 s)
 
 
 @dataclass
@@ -150,7 +151,7 @@ class Outcomes:
 class Storm:
     """WORKERS concurrent clients, each booking one new patient after another until stopped. A
     client that gets a 503 backs off briefly and moves on to its next patient (the in-doubt one
-    is left to the reaper)."""
+    is settled by the service once the new primary answers)."""
 
     def __init__(self, services: Services, clerk: Actor, slot_ids: list[int], patients: list[tuple[int, int]]):
         self.services, self.clerk, self.slot_ids = services, clerk, slot_ids
@@ -186,28 +187,6 @@ class Storm:
             assert time.monotonic() < deadline, f"storm: timed out waiting for {condition}"
             assert not self.out.unexpected, self.out.unexpected[:5]
             await asyncio.sleep(0.01)
-
-
-async def _reap_until_settled(services: Services) -> ReapReport:
-    """The reaper, as the background loop runs it once the hold TTL is past: sweep after sweep (a
-    sweep claims at most 100 holds a day) until one finds nothing; a sweep that meets a connection
-    the crash dropped is retried (its claims lapse after the lease, hence the later `now`)."""
-    ttl_ms = services.settings.booking.hold_ttl_s * 1000
-    total, failed = ReapReport(), 0
-    for _sweep in range(50):
-        now_ms = int(time.time() * 1000) + ttl_ms + 10_000 + failed * 60_000
-        try:
-            report = await reap_expired(services.pool, services.store, services.reconciler, now_ms)
-        except DatabaseUnavailable:
-            failed += 1
-            assert failed < 5, "the reaper keeps failing after the failover"
-            continue
-        if report.released + report.confirmed + report.vanished == 0:
-            return total
-        total.released += report.released
-        total.confirmed += report.confirmed
-        total.vanished += report.vanished
-    raise AssertionError("the reaper did not settle the holds in 50 sweeps")
 
 
 async def test_failover_mid_storm_loses_no_committed_booking(failover_services: Services, pair: Pair) -> None:
@@ -252,8 +231,8 @@ async def test_failover_mid_storm_loses_no_committed_booking(failover_services: 
         )
         assert {r["id"]: r["patient_id"] for r in rows} == acknowledged, "acknowledged bookings lost in the failover"
         # Commits the crash cut off before they were acknowledged: a 503 for the client, but the
-        # booking may have reached the standby. Either way the reaper settles its hold below.
-        in_doubt = await promoted.fetchval(
+        # booking may have reached the standby. Either way its hold is settled below.
+        reached = await promoted.fetchval(
             "SELECT count(*) FROM appointment WHERE patient_id = ANY($1::bigint[])",
             [pid for _, pid, _ in out.unavailable],
         )
@@ -274,11 +253,19 @@ async def test_failover_mid_storm_loses_no_committed_booking(failover_services: 
         roomiest = max(views, key=lambda v: v.open_left)  # a slot the storm (or its holds) left room in
         await services.booking.book(clerk, pid, "desk", [BookItem(oid, roomiest.slot_id)])
 
-    # Attempts cut off after their Redis hold was taken leave it behind: the place looks taken
-    # (a "full" answer for others) until the hold expires and the reaper asks PostgreSQL, which
-    # confirms the in-doubt commits that reached the standby and releases the rest.
-    holds_left = await services.store.live_hold_ids(day)
-    reaped = await _reap_until_settled(services)
+    # Attempts cut off after their Redis hold was taken leave it behind, in doubt: the place looks
+    # taken (a "full" answer for others) until it is settled. The service settles them itself as
+    # soon as PostgreSQL answers from another postmaster (app/booking/in_doubt.py): it confirms the
+    # in-doubt commits that reached the standby and releases the rest, without waiting for the
+    # holds to expire and the reaper to run (which this test never calls).
+    in_doubt = services.booking.in_doubt
+    while await services.store.live_hold_ids(day):
+        assert time.monotonic() - t_promoted < SETTLED_BOUND_S, (
+            f"{len(await services.store.live_hold_ids(day))} holds still in doubt {SETTLED_BOUND_S:.0f} s after "
+            f"the promotion ({in_doubt.pending} watched)"
+        )
+        await asyncio.sleep(0.05)
+    settled_ms = (time.monotonic() - t_promoted) * 1000
 
     burst_ms = (last_503 - first_503) * 1000
     print(
@@ -288,18 +275,18 @@ async def test_failover_mid_storm_loses_no_committed_booking(failover_services: 
         f"{(t_down - t_crash) * 1000:.0f} ms, promoted {(t_promoted - t_down) * 1000:.0f} ms later, first booking "
         f"{(first_after - t_promoted) * 1000:.0f} ms after that, last 503 {(last_503 - t_promoted) * 1000:+.0f} ms "
         f"from the promotion); {len(acknowledged)} acknowledged bookings all on the promoted standby; "
-        f"{len(holds_left)} holds left behind: {reaped.released} released, {reaped.confirmed} confirmed "
-        f"(in-doubt commits that had reached the standby: {in_doubt}), {reaped.vanished} vanished"
+        f"in-doubt holds settled {settled_ms:.0f} ms after the promotion: {in_doubt.released} released, "
+        f"{in_doubt.confirmed} confirmed (in-doubt commits that had reached the standby: {reached})"
     )
     # A short burst: the 503s start with the crash and end soon after the promotion.
     assert first_503 >= t_crash
     assert last_503 - t_promoted < 2.0, f"503s went on {last_503 - t_promoted:.1f} s after the promotion"
 
-    # Every hold left is settled by the reaper: released (its commit never happened; a booking
-    # that could not even reach a server released its own at once), confirmed (an in-doubt commit
-    # that had reached the standby) or, rarely, found gone by the time its claim is read.
-    assert reaped.released + reaped.confirmed + reaped.vanished == len(holds_left)
-    assert reaped.confirmed <= in_doubt
+    # Every in-doubt hold is settled: released (its commit never happened; a booking that could not
+    # even reach a server released its own at once) or confirmed (an in-doubt commit that had
+    # reached the standby).
+    assert in_doubt.confirmed <= reached
+    assert in_doubt.pending == 0
     await assert_redis_matches_postgres(services, day)
 
 

@@ -1,0 +1,191 @@
+"""Bookings cut off mid-commit are settled as soon as the backend that ran them is gone
+(app/booking/in_doubt.py), not a minute later by the reaper: on the real PostgreSQL and Redis.
+
+The backends are ended with pg_terminate_backend, which is what a lost connection comes to on the
+server's side; a PostgreSQL failover (another postmaster) is test_pg_failover.py's."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from datetime import UTC, datetime
+
+import pytest
+
+from app.booking.in_doubt import InDoubt
+from app.booking.service import BookItem
+from app.booking.slot_store import GrabItem
+from app.db import booking_repo
+from app.db.pool import Backend, backend_of
+from app.errors import DatabaseUnavailable
+from app.services import Services
+from tests.helpers import (
+    actor_for,
+    assert_redis_matches_postgres,
+    availability_snapshot,
+    future_day,
+    new_patients_with_orders,
+    open_slots,
+)
+
+SETTLE_BOUND_S = 5.0  # the hold would otherwise stay until it expires (60 s) and the reaper runs
+
+
+async def _until_gone(services: Services, pid: int) -> None:
+    for _ in range(200):
+        if not await services.pool.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"backend {pid} still there")
+
+
+async def _settle(in_doubt: InDoubt) -> int:
+    """settle_ready as the service's poll runs it: a pool connection of a terminated backend fails
+    once (DatabaseUnavailable) and is replaced at the next poll."""
+    for _ in range(3):
+        try:
+            return await in_doubt.settle_ready()
+        except DatabaseUnavailable:
+            await asyncio.sleep(0.05)
+    raise AssertionError("PostgreSQL never answered the in-doubt check")
+
+
+async def _grab(services: Services, pid: int, oid: int, slot_id: int) -> tuple[str, int]:
+    day = future_day(services)
+    hold_id = uuid.uuid4().hex
+    now = time.time()
+    expires_ms = int((now + 60) * 1000)
+    grab = await services.store.grab(
+        day, hold_id, pid, "desk", [GrabItem(slot_id, "CT-HEAD", oid)], int(now * 1000), expires_ms
+    )
+    assert grab.ok
+    return hold_id, expires_ms
+
+
+async def test_a_hold_is_released_once_the_backend_of_its_lost_commit_has_exited(services: Services) -> None:
+    day = future_day(services)
+    before = await availability_snapshot(services, day)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    in_doubt = services.booking.in_doubt
+    async with services.pool.acquire() as conn:
+        backend = backend_of(conn)
+        assert backend is not None and backend.pid == conn.get_server_pid()
+        in_doubt.watch(backend, [(day, hold_id)], expires_ms)
+        # While that backend lives, a commit could still land: nothing is settled.
+        assert await _settle(in_doubt) == 0
+        assert await services.store.live_hold_ids(day) == [hold_id]
+        await services.pool.fetchval("SELECT pg_terminate_backend($1)", backend.pid)
+        await _until_gone(services, backend.pid)
+    assert await _settle(in_doubt) == 1
+    assert (in_doubt.released, in_doubt.pending) == (1, 0)
+    assert await services.store.live_hold_ids(day) == []
+    assert await availability_snapshot(services, day) == before
+    await assert_redis_matches_postgres(services, day)
+
+
+async def test_a_hold_whose_lost_commit_did_land_is_confirmed(services: Services) -> None:
+    day = future_day(services)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    async with services.pool.acquire() as conn:
+        backend = backend_of(conn)
+        assert backend is not None
+        # The commit got through; its answer never reached the caller.
+        await booking_repo.book(
+            conn,
+            hold_id=hold_id,
+            patient_id=pid,
+            channel="desk",
+            items=[{"order_id": oid, "slot_id": slot["id"], "pool": "open"}],
+            deadline=datetime.fromtimestamp(time.time() + 50, UTC),
+            actor=await actor_for(services, "clerk"),
+            reason="",
+        )
+        services.booking.in_doubt.watch(backend, [(day, hold_id)], expires_ms)
+        await services.pool.fetchval("SELECT pg_terminate_backend($1)", backend.pid)
+        await _until_gone(services, backend.pid)
+    assert await _settle(services.booking.in_doubt) == 1
+    assert services.booking.in_doubt.confirmed == 1
+    view = await services.store.read_slot(day, slot["id"])
+    assert view is not None and view.booked == slot["booked"] + 1
+    await assert_redis_matches_postgres(services, day)
+
+
+async def test_another_postmaster_settles_at_once(services: Services) -> None:
+    """A promoted standby or a restarted server: no backend of the old one can commit there."""
+    day = future_day(services)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    async with services.pool.acquire() as conn:
+        alive = backend_of(conn)
+        assert alive is not None
+        # This very backend, alive, but of a postmaster started at another time.
+        elsewhere = Backend(datetime(2026, 1, 1, tzinfo=UTC), alive.pid, alive.backend_start)
+        services.booking.in_doubt.watch(elsewhere, [(day, hold_id)], expires_ms)
+        assert await _settle(services.booking.in_doubt) == 1
+    assert await services.store.live_hold_ids(day) == []
+    await assert_redis_matches_postgres(services, day)
+
+
+async def test_near_expiry_and_unknown_backends_are_left_to_the_reaper(services: Services) -> None:
+    day = future_day(services)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    hold_id, _ = await _grab(services, pid, oid, slot["id"])
+    in_doubt = services.booking.in_doubt
+    in_doubt.watch(None, [(day, hold_id)], int(time.time() * 1000) + 60_000)
+    assert in_doubt.pending == 0
+    async with services.pool.acquire() as conn:
+        in_doubt.watch(backend_of(conn), [(day, hold_id)], int(time.time() * 1000) + 1_000)  # inside the margin
+    assert await _settle(in_doubt) == 0 and in_doubt.pending == 0
+    assert await services.store.live_hold_ids(day) == [hold_id]  # the reaper's, at expiry
+
+
+async def test_a_booking_whose_commit_is_cut_off_gets_its_places_back_within_seconds(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole path: the booking's commit waits on a lock, its backend is terminated mid-call
+    (as a crash or a lost connection ends it), the caller gets a clear 503, and the places come
+    back within seconds, by the service itself: no reaper runs here."""
+    day = future_day(services)
+    before = await availability_snapshot(services, day)
+    clerk = await actor_for(services, "clerk")
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    blocker = await services.pool.acquire()
+    try:
+        tx = blocker.transaction()
+        await tx.start()
+        await blocker.execute("SELECT 1 FROM patient WHERE id = $1 FOR UPDATE", pid)  # the commit waits here
+        booking = asyncio.create_task(services.booking.book(clerk, pid, "desk", [BookItem(oid, slot["id"])]))
+        waiting = None
+        for _ in range(500):
+            waiting = await services.pool.fetchval(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%hy_book%'"
+            )
+            if waiting:
+                break
+            await asyncio.sleep(0.01)
+        assert waiting, "the booking's commit never waited on the patient's lock"
+        await services.pool.fetchval("SELECT pg_terminate_backend($1)", waiting)
+        with pytest.raises(DatabaseUnavailable) as raised:
+            await booking
+        assert raised.value.status == 503 and raised.value.backend is not None
+        await tx.rollback()
+    finally:
+        await services.pool.release(blocker)
+    assert len(await services.store.live_hold_ids(day)) == 1  # in doubt, for now
+    cut_off = time.monotonic()
+    while await services.store.live_hold_ids(day):
+        assert time.monotonic() - cut_off < SETTLE_BOUND_S, "the hold of the lost commit is still there"
+        await asyncio.sleep(0.05)
+    assert services.booking.in_doubt.released == 1
+    assert await services.pool.fetchval("SELECT count(*) FROM appointment WHERE order_id = $1", oid) == 0
+    assert await availability_snapshot(services, day) == before
+    await assert_redis_matches_postgres(services, day)
+    assert "in-doubt released hold" in caplog.text
