@@ -98,6 +98,9 @@ class InDoubt:
                 # PostgreSQL or Redis not back yet (a 503's error), or a connection the failover
                 # left in the pool: ask again at the next poll.
                 logger.debug("in-doubt bookings not settled yet: %s", type(exc).__name__)
+            except Exception:  # a bug: say so, and leave the holds to the reaper rather than spin
+                logger.exception("in-doubt bookings: settling failed; %d holds left to the reaper", self.pending)
+                self._watched.clear()
 
     async def settle_ready(self) -> int:
         """One pass: settle the holds whose backend is gone, drop those near expiry (the reaper's).
