@@ -194,6 +194,7 @@ class Services:
             hold_ttl_s=b.hold_ttl_s,
             commit_margin_s=b.commit_margin_s,
             self_change_cutoff_s=b.self_change_cutoff_h * 3600,
+            settle_in_doubt=b.settle_in_doubt,
             rules=self.rules,
             credit=self.credit,
             group_commit=GroupCommit(pool, max_batch=db.group_commit_max, in_flight=db.group_commit_in_flight),

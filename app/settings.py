@@ -77,6 +77,10 @@ class BookingSettings(msgspec.Struct, frozen=True):
     # How often the background sweep compares every horizon slot's Redis counters with PostgreSQL
     # (app/booking/reconcile.py, "drift"); 0 turns the check off.
     drift_check_s: float = 60.0
+    # Settle a booking whose commit was cut off as soon as the backend that ran it is gone
+    # (app/booking/in_doubt.py); off behind a transaction-pooling PgBouncer, where a connection's
+    # backend changes between transactions (the reaper then settles them at expiry).
+    settle_in_doubt: bool = True
     # A patient may cancel or move an exam himself (kiosk, phone) until this long before it starts;
     # later only the booking centre can.
     self_change_cutoff_h: float = 2.0
@@ -160,6 +164,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             horizon_days=env_int(env, "HY_HORIZON_DAYS", 14),
             hold_ttl_s=env_int(env, "HY_HOLD_TTL_S", 60),
             drift_check_s=float(env.get("HY_DRIFT_CHECK_S", "60")),
+            settle_in_doubt=env_flag(env, "HY_IN_DOUBT_SETTLE") is not False,
             self_change_cutoff_h=float(env.get("HY_SELF_CHANGE_CUTOFF_H", "2")),
             queue_notify_threshold_min=env_int(env, "HY_QUEUE_NOTIFY_MIN", 30),
             queue_elderly_age=env_int(env, "HY_QUEUE_ELDERLY_AGE", 70),

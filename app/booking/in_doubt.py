@@ -19,7 +19,9 @@ A promoted standby only has a commit that reached it before the promotion, and g
 the old primary afterwards: what is not there then never will be, on the server the platform
 writes to. (An old primary still running and still taking writes after a failover is a split brain
 that has to be fenced off whatever this does.) Holds still unsettled close to their expiry are left
-to the reaper; so are calls whose backend is not known.
+to the reaper; so are calls whose backend is not known, and all of them with
+`HY_IN_DOUBT_SETTLE=0` (behind a transaction-pooling PgBouncer a connection's backend is not the
+one that ran its last transaction, so its being gone would prove nothing).
 """
 
 from __future__ import annotations
@@ -62,8 +64,10 @@ class InDoubt:
         *,
         poll_s: float = 0.5,
         margin_ms: int = 5_000,
+        enabled: bool = True,
     ) -> None:
         self.pool, self.store, self.reconciler, self.publisher = pool, store, reconciler, publisher
+        self.enabled = enabled  # HY_IN_DOUBT_SETTLE=0: every such hold is the reaper's
         self.poll_s = poll_s
         self.margin_ms = margin_ms
         self._watched: list[_Watched] = []
@@ -76,7 +80,7 @@ class InDoubt:
 
     def watch(self, backend: Backend | None, holds: Sequence[tuple[date, str]], expires_ms: int) -> None:
         """A booking's holds, whose commit was lost on `backend` (None: unknown, the reaper's)."""
-        if backend is None or not holds:
+        if not self.enabled or backend is None or not holds:
             return
         self._watched.append(_Watched(backend, list(holds), expires_ms - self.margin_ms))
         if self._task is None or self._task.done():

@@ -181,6 +181,7 @@ class BookingService:
         hold_ttl_s: int,
         commit_margin_s: int,
         self_change_cutoff_s: float = 7200.0,
+        settle_in_doubt: bool = True,
         rules: RuleService,
         credit: CreditService | None = None,
         group_commit: GroupCommit | None = None,
@@ -201,7 +202,7 @@ class BookingService:
         self.self_change_cutoff_s = self_change_cutoff_s
         self.clock = clock
         self._slot_day: dict[int, date] = {}
-        self.in_doubt = InDoubt(pool, store, reconciler, publisher)
+        self.in_doubt = InDoubt(pool, store, reconciler, publisher, enabled=settle_in_doubt)
 
     async def book(
         self,

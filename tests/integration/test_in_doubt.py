@@ -20,6 +20,7 @@ from app.db import booking_repo
 from app.db.pool import Backend, backend_of
 from app.errors import DatabaseUnavailable
 from app.services import Services
+from app.settings import load_settings
 from tests.helpers import (
     actor_for,
     assert_redis_matches_postgres,
@@ -144,6 +145,25 @@ async def test_near_expiry_and_unknown_backends_are_left_to_the_reaper(services:
         in_doubt.watch(backend_of(conn), [(day, hold_id)], int(time.time() * 1000) + 1_000)  # inside the margin
     assert await _settle(in_doubt) == 0 and in_doubt.pending == 0
     assert await services.store.live_hold_ids(day) == [hold_id]  # the reaper's, at expiry
+
+
+def test_settling_can_be_switched_off_for_a_transaction_pooler() -> None:
+    assert load_settings({}).booking.settle_in_doubt is True
+    assert load_settings({"HY_IN_DOUBT_SETTLE": "0"}).booking.settle_in_doubt is False
+    with pytest.raises(ValueError, match="HY_IN_DOUBT_SETTLE must be 1 or 0"):
+        load_settings({"HY_IN_DOUBT_SETTLE": "sometimes"})
+
+
+async def test_switched_off_every_cut_off_commit_is_the_reapers(services: Services) -> None:
+    day = future_day(services)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    off = InDoubt(services.pool, services.store, services.reconciler, None, enabled=False)
+    elsewhere = Backend(datetime(2026, 1, 1, tzinfo=UTC), 1, datetime(2026, 1, 1, tzinfo=UTC))
+    off.watch(elsewhere, [(day, hold_id)], expires_ms)
+    assert off.pending == 0 and await off.settle_ready() == 0
+    assert await services.store.live_hold_ids(day) == [hold_id]
 
 
 async def test_a_booking_whose_commit_is_cut_off_gets_its_places_back_within_seconds(
