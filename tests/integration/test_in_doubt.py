@@ -9,8 +9,10 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from typing import Any
 
+import msgspec
 import pytest
 
 from app.booking.in_doubt import InDoubt
@@ -52,24 +54,34 @@ async def _settle(in_doubt: InDoubt) -> int:
     raise AssertionError("PostgreSQL never answered the in-doubt check")
 
 
-async def _grab(services: Services, pid: int, oid: int, slot_id: int) -> tuple[str, int]:
+class _Held(msgspec.Struct):
+    day: date
+    pid: int
+    oid: int
+    slot: dict[str, Any]
+    hold_id: str
+    expires_ms: int
+
+
+async def _held(services: Services) -> _Held:
+    """A new patient's CT order with a place held for it, as the service's grab takes it."""
     day = future_day(services)
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = dict((await open_slots(services, "CT-HEAD", day))[0])
     hold_id = uuid.uuid4().hex
     now = time.time()
     expires_ms = int((now + 60) * 1000)
     grab = await services.store.grab(
-        day, hold_id, pid, "desk", [GrabItem(slot_id, "CT-HEAD", oid)], int(now * 1000), expires_ms
+        day, hold_id, pid, "desk", [GrabItem(slot["id"], "CT-HEAD", oid)], int(now * 1000), expires_ms
     )
     assert grab.ok
-    return hold_id, expires_ms
+    return _Held(day, pid, oid, slot, hold_id, expires_ms)
 
 
 async def test_a_hold_is_released_once_the_backend_of_its_lost_commit_has_exited(services: Services) -> None:
-    day = future_day(services)
-    before = await availability_snapshot(services, day)
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
-    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    before = await availability_snapshot(services, future_day(services))
+    h = await _held(services)
+    day, hold_id, expires_ms = h.day, h.hold_id, h.expires_ms
     in_doubt = services.booking.in_doubt
     async with services.pool.acquire() as conn:
         backend = backend_of(conn)
@@ -88,10 +100,8 @@ async def test_a_hold_is_released_once_the_backend_of_its_lost_commit_has_exited
 
 
 async def test_a_hold_whose_lost_commit_did_land_is_confirmed(services: Services) -> None:
-    day = future_day(services)
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
-    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    h = await _held(services)
+    day, pid, oid, slot, hold_id, expires_ms = h.day, h.pid, h.oid, h.slot, h.hold_id, h.expires_ms
     async with services.pool.acquire() as conn:
         backend = backend_of(conn)
         assert backend is not None
@@ -118,10 +128,8 @@ async def test_a_hold_whose_lost_commit_did_land_is_confirmed(services: Services
 
 async def test_another_postmaster_settles_at_once(services: Services) -> None:
     """A promoted standby or a restarted server: no backend of the old one can commit there."""
-    day = future_day(services)
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
-    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    h = await _held(services)
+    day, hold_id, expires_ms = h.day, h.hold_id, h.expires_ms
     async with services.pool.acquire() as conn:
         alive = backend_of(conn)
         assert alive is not None
@@ -134,10 +142,8 @@ async def test_another_postmaster_settles_at_once(services: Services) -> None:
 
 
 async def test_near_expiry_and_unknown_backends_are_left_to_the_reaper(services: Services) -> None:
-    day = future_day(services)
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
-    hold_id, _ = await _grab(services, pid, oid, slot["id"])
+    h = await _held(services)
+    day, hold_id = h.day, h.hold_id
     in_doubt = services.booking.in_doubt
     in_doubt.watch(None, [(day, hold_id)], int(time.time() * 1000) + 60_000)
     assert in_doubt.pending == 0
@@ -155,10 +161,8 @@ def test_settling_can_be_switched_off_for_a_transaction_pooler() -> None:
 
 
 async def test_switched_off_every_cut_off_commit_is_the_reapers(services: Services) -> None:
-    day = future_day(services)
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
-    hold_id, expires_ms = await _grab(services, pid, oid, slot["id"])
+    h = await _held(services)
+    day, hold_id, expires_ms = h.day, h.hold_id, h.expires_ms
     off = InDoubt(services.pool, services.store, services.reconciler, None, enabled=False)
     elsewhere = Backend(datetime(2026, 1, 1, tzinfo=UTC), 1, datetime(2026, 1, 1, tzinfo=UTC))
     off.watch(elsewhere, [(day, hold_id)], expires_ms)
