@@ -31,6 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -120,6 +121,19 @@ async def _until(what: str, check: Callable[[], Awaitable[bool]], wait_s: float)
         await asyncio.sleep(0.05)
 
 
+async def _replica_in_sync(port: int, tls: dict[str, Any] | None = None) -> None:
+    """Until the replica on `port` has its link to the primary up (asked over TLS with `tls`)."""
+    replica = aioredis.Redis(port=port, password=PASSWORD, socket_timeout=2, **(tls or {}))
+    try:
+
+        async def in_sync() -> bool:
+            return (await replica.info("replication")).get("master_link_status") == "up"
+
+        await _until("the replica in sync", in_sync, 20)
+    finally:
+        await replica.aclose()
+
+
 @pytest.fixture
 async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
     assert REDIS_SERVER is not None
@@ -132,15 +146,7 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
         procs.append(replica)
         # The replica in sync before the Sentinels start: they learn of replicas from the primary's
         # INFO, which they ask for at once and then every 10 s.
-        replica_client = aioredis.Redis(port=replica_port, password=PASSWORD, socket_timeout=2)
-        try:
-
-            async def in_sync() -> bool:
-                return (await replica_client.info("replication")).get("master_link_status") == "up"
-
-            await _until("the replica in sync", in_sync, 20)
-        finally:
-            await replica_client.aclose()
+        await _replica_in_sync(replica_port)
         sentinels = []
         for n, port in enumerate(sentinel_ports):
             conf = _sentinel_conf(tmp_path / f"sentinel{n + 1}", port, primary_port)
@@ -530,15 +536,7 @@ async def test_the_platform_books_through_sentinels_over_tls_and_follows_a_failo
         replica_args = ["--port", "0", "--tls-port", str(replica_port), *tls_server]
         replica_args += ["--replicaof", "127.0.0.1", str(primary_port)]
         procs.append(await start_redis(replica_port, *replica_args, password=PASSWORD, tls=client_tls))
-        replica = aioredis.Redis(port=replica_port, password=PASSWORD, socket_timeout=2, **client_tls)
-        try:
-
-            async def in_sync() -> bool:
-                return (await replica.info("replication")).get("master_link_status") == "up"
-
-            await _until("the replica in sync over TLS", in_sync, 20)
-        finally:
-            await replica.aclose()
+        await _replica_in_sync(replica_port, client_tls)
 
         folder = tmp_path / "sentinel"
         conf = _sentinel_conf(folder, 0, primary_port, quorum=1)
