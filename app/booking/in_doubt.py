@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import date
 
 import asyncpg
@@ -50,6 +50,8 @@ class _Watched(msgspec.Struct):
     backend: Backend
     holds: list[tuple[date, str]]
     until_ms: int  # after this the reaper's: the hold expires soon
+    then: Callable[[], Awaitable[None]] | None = None  # once a hold was confirmed (a reschedule's old place)
+    confirmed: bool = False
 
 
 class InDoubt:
@@ -78,11 +80,19 @@ class InDoubt:
     def pending(self) -> int:
         return sum(len(w.holds) for w in self._watched)
 
-    def watch(self, backend: Backend | None, holds: Sequence[tuple[date, str]], expires_ms: int) -> None:
-        """A booking's holds, whose commit was lost on `backend` (None: unknown, the reaper's)."""
+    def watch(
+        self,
+        backend: Backend | None,
+        holds: Sequence[tuple[date, str]],
+        expires_ms: int,
+        *,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """A booking's holds, whose commit was lost on `backend` (None: unknown, the reaper's).
+        `then` runs once if they turn out committed (a reschedule gives its old place back)."""
         if not self.enabled or backend is None or not holds:
             return
-        self._watched.append(_Watched(backend, list(holds), expires_ms - self.margin_ms))
+        self._watched.append(_Watched(backend, list(holds), expires_ms - self.margin_ms, then))
         if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._run(), name="in-doubt bookings")
 
@@ -126,10 +136,14 @@ class InDoubt:
                 )
                 if outcome == "confirmed":
                     self.confirmed += 1
+                    w.confirmed = True
                 elif outcome == "released":
                     self.released += 1
                 w.holds.pop(0)
                 settled += 1
+            if w.confirmed and w.then is not None:
+                await w.then()
+                w.then = None
             self._watched.remove(w)
         return settled
 

@@ -430,7 +430,16 @@ class BookingService:
         except DatabaseUnreachable:  # nothing reached PostgreSQL: the new place goes back now
             await self._release_all(patient_id, [(new_day, hold_id, [])], slot_ids={hold_id: [new_slot_id]})
             raise
-        except DatabaseUnavailable:  # it may have committed: the reaper decides
+        except DatabaseUnavailable as exc:
+            # It may have committed: settled once the backend that ran it is gone (in_doubt.py),
+            # giving the old place back if it did; else by the reaper at expiry.
+            old = (appt["day"], int(appt["slot_id"]), str(appt["pool"]))
+            self.in_doubt.watch(
+                exc.backend,
+                [(new_day, hold_id)],
+                expires_ms,
+                then=lambda: self._return_place(old[0], old[1], patient_id, old[2]),
+            )
             raise
         except AppError:
             await self._release_all(patient_id, [(new_day, hold_id, [])], slot_ids={hold_id: [new_slot_id]})

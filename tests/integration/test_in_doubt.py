@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -170,46 +171,117 @@ async def test_switched_off_every_cut_off_commit_is_the_reapers(services: Servic
     assert await services.store.live_hold_ids(day) == [hold_id]
 
 
-async def test_a_booking_whose_commit_is_cut_off_gets_its_places_back_within_seconds(
-    services: Services, caplog: pytest.LogCaptureFixture
-) -> None:
-    """The whole path: the booking's commit waits on a lock, its backend is terminated mid-call
-    (as a crash or a lost connection ends it), the caller gets a clear 503, and the places come
-    back within seconds, by the service itself: no reaper runs here."""
-    day = future_day(services)
-    before = await availability_snapshot(services, day)
-    clerk = await actor_for(services, "clerk")
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    slot = (await open_slots(services, "CT-HEAD", day))[0]
+async def _cut_off(services: Services, pid: int, call: Awaitable[object], function: str) -> DatabaseUnavailable:
+    """Run `call` (a booking or a reschedule of patient `pid`) while its commit waits on the
+    patient's row lock, end its backend there (as a crash or a lost connection ends it), and return
+    the error its caller got."""
     blocker = await services.pool.acquire()
     try:
         tx = blocker.transaction()
         await tx.start()
         await blocker.execute("SELECT 1 FROM patient WHERE id = $1 FOR UPDATE", pid)  # the commit waits here
-        booking = asyncio.create_task(services.booking.book(clerk, pid, "desk", [BookItem(oid, slot["id"])]))
+        task = asyncio.ensure_future(call)
         waiting = None
         for _ in range(500):
             waiting = await services.pool.fetchval(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%hy_book%'"
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE $1", f"%{function}(%"
             )
             if waiting:
                 break
             await asyncio.sleep(0.01)
-        assert waiting, "the booking's commit never waited on the patient's lock"
+        assert waiting, f"the {function} call never waited on the patient's lock"
         await services.pool.fetchval("SELECT pg_terminate_backend($1)", waiting)
         with pytest.raises(DatabaseUnavailable) as raised:
-            await booking
-        assert raised.value.status == 503 and raised.value.backend is not None
+            await task
         await tx.rollback()
     finally:
         await services.pool.release(blocker)
-    assert len(await services.store.live_hold_ids(day)) == 1  # in doubt, for now
+    assert raised.value.status == 503 and raised.value.backend is not None
+    return raised.value
+
+
+async def _until_no_hold(services: Services, day: date) -> None:
     cut_off = time.monotonic()
     while await services.store.live_hold_ids(day):
         assert time.monotonic() - cut_off < SETTLE_BOUND_S, "the hold of the lost commit is still there"
         await asyncio.sleep(0.05)
+
+
+async def test_a_booking_whose_commit_is_cut_off_gets_its_places_back_within_seconds(
+    services: Services, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The whole path: the booking's commit is cut off mid-call, the caller gets a clear 503, and
+    the places come back within seconds, by the service itself: no reaper runs here."""
+    day = future_day(services)
+    before = await availability_snapshot(services, day)
+    clerk = await actor_for(services, "clerk")
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    slot = (await open_slots(services, "CT-HEAD", day))[0]
+    await _cut_off(services, pid, services.booking.book(clerk, pid, "desk", [BookItem(oid, slot["id"])]), "hy_book")
+    assert len(await services.store.live_hold_ids(day)) == 1  # in doubt, for now
+    await _until_no_hold(services, day)
     assert services.booking.in_doubt.released == 1
     assert await services.pool.fetchval("SELECT count(*) FROM appointment WHERE order_id = $1", oid) == 0
     assert await availability_snapshot(services, day) == before
     await assert_redis_matches_postgres(services, day)
     assert "in-doubt released hold" in caplog.text
+
+
+async def test_a_reschedule_whose_commit_is_cut_off_keeps_the_old_place(services: Services) -> None:
+    """The new place is given back within seconds; the appointment stays where it was."""
+    old_day, new_day = future_day(services, 2), future_day(services, 3)
+    clerk = await actor_for(services, "clerk")
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    old_slot = (await open_slots(services, "CT-HEAD", old_day))[0]["id"]
+    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(oid, old_slot)])
+    before = await availability_snapshot(services, new_day)
+    target = (await open_slots(services, "CT-HEAD", new_day))[0]["id"]
+    move = services.booking.reschedule(clerk, appt.appointment_id, target, "desk", "患者要求改期")
+    await _cut_off(services, pid, move, "hy_reschedule")
+    await _until_no_hold(services, new_day)
+    assert await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", appt.appointment_id) == "booked"
+    assert await availability_snapshot(services, new_day) == before
+    await assert_redis_matches_postgres(services, old_day)
+    await assert_redis_matches_postgres(services, new_day)
+
+
+async def test_a_cut_off_reschedule_that_did_commit_gives_the_old_place_back(services: Services) -> None:
+    """Its new place is confirmed and its old one returned, as the service would have done."""
+    old_day, new_day = future_day(services, 2), future_day(services, 3)
+    clerk = await actor_for(services, "clerk")
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    old_slot = (await open_slots(services, "CT-HEAD", old_day))[0]["id"]
+    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(oid, old_slot)])
+    new_slot = (await open_slots(services, "CT-HEAD", new_day))[0]["id"]
+    hold_id, now = uuid.uuid4().hex, time.time()
+    expires_ms = int((now + 60) * 1000)
+    grab = await services.store.grab(
+        new_day, hold_id, pid, "desk", [GrabItem(new_slot, "CT-HEAD", oid)], int(now * 1000), expires_ms
+    )
+    assert grab.ok
+    async with services.pool.acquire() as conn:
+        backend = backend_of(conn)
+        row = await booking_repo.reschedule(  # committed; the answer never reached the caller
+            conn,
+            appointment_id=appt.appointment_id,
+            patient_id=pid,
+            new_slot_id=new_slot,
+            pool="open",
+            hold_id=hold_id,
+            deadline=datetime.fromtimestamp(now + 50, UTC),
+            channel="desk",
+            actor=clerk,
+            reason="患者要求改期",
+        )
+        in_doubt = services.booking.in_doubt
+        in_doubt.watch(
+            backend,
+            [(new_day, hold_id)],
+            expires_ms,
+            then=lambda: services.booking._return_place(old_day, old_slot, pid, row["old_pool"]),
+        )
+        await services.pool.fetchval("SELECT pg_terminate_backend($1)", backend.pid)
+        await _until_gone(services, backend.pid)
+    assert await _settle(in_doubt) == 1 and in_doubt.confirmed == 1
+    await assert_redis_matches_postgres(services, old_day)
+    await assert_redis_matches_postgres(services, new_day)
