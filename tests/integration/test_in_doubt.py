@@ -22,6 +22,7 @@ from app.booking.slot_store import GrabItem
 from app.db import booking_repo
 from app.db.pool import Backend, backend_of
 from app.errors import DatabaseUnavailable
+from app.security.actor import Actor
 from app.services import Services
 from app.settings import load_settings
 from tests.helpers import (
@@ -64,19 +65,46 @@ class _Held(msgspec.Struct):
     expires_ms: int
 
 
+async def _grab(services: Services, day: date, pid: int, oid: int, slot_id: int) -> tuple[str, int]:
+    """A place held for the order, as the service's grab takes it: (hold id, expiry in epoch ms)."""
+    hold_id, now = uuid.uuid4().hex, time.time()
+    expires_ms = int((now + 60) * 1000)
+    grab = await services.store.grab(
+        day, hold_id, pid, "desk", [GrabItem(slot_id, "CT-HEAD", oid)], int(now * 1000), expires_ms
+    )
+    assert grab.ok
+    return hold_id, expires_ms
+
+
 async def _held(services: Services) -> _Held:
-    """A new patient's CT order with a place held for it, as the service's grab takes it."""
+    """A new patient's CT order with a place held for it."""
     day = future_day(services)
     [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
     slot = dict((await open_slots(services, "CT-HEAD", day))[0])
-    hold_id = uuid.uuid4().hex
-    now = time.time()
-    expires_ms = int((now + 60) * 1000)
-    grab = await services.store.grab(
-        day, hold_id, pid, "desk", [GrabItem(slot["id"], "CT-HEAD", oid)], int(now * 1000), expires_ms
-    )
-    assert grab.ok
+    hold_id, expires_ms = await _grab(services, day, pid, oid, slot["id"])
     return _Held(day, pid, oid, slot, hold_id, expires_ms)
+
+
+class _Booked(msgspec.Struct):
+    clerk: Actor
+    pid: int
+    oid: int
+    appointment_id: int
+    old_day: date
+    old_slot: int
+    new_day: date
+    new_slot: int  # where the tests move it
+
+
+async def _booked(services: Services) -> _Booked:
+    """A new patient's CT booked by a clerk, and a free place on a later day to move it to."""
+    old_day, new_day = future_day(services, 2), future_day(services, 3)
+    clerk = await actor_for(services, "clerk")
+    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
+    old_slot = (await open_slots(services, "CT-HEAD", old_day))[0]["id"]
+    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(oid, old_slot)])
+    new_slot = (await open_slots(services, "CT-HEAD", new_day))[0]["id"]
+    return _Booked(clerk, pid, oid, appt.appointment_id, old_day, old_slot, new_day, new_slot)
 
 
 async def test_a_hold_is_released_once_the_backend_of_its_lost_commit_has_exited(services: Services) -> None:
@@ -229,59 +257,44 @@ async def test_a_booking_whose_commit_is_cut_off_gets_its_places_back_within_sec
 
 async def test_a_reschedule_whose_commit_is_cut_off_keeps_the_old_place(services: Services) -> None:
     """The new place is given back within seconds; the appointment stays where it was."""
-    old_day, new_day = future_day(services, 2), future_day(services, 3)
-    clerk = await actor_for(services, "clerk")
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    old_slot = (await open_slots(services, "CT-HEAD", old_day))[0]["id"]
-    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(oid, old_slot)])
-    before = await availability_snapshot(services, new_day)
-    target = (await open_slots(services, "CT-HEAD", new_day))[0]["id"]
-    move = services.booking.reschedule(clerk, appt.appointment_id, target, "desk", "患者要求改期")
-    await _cut_off(services, pid, move, "hy_reschedule")
-    await _until_no_hold(services, new_day)
-    assert await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", appt.appointment_id) == "booked"
-    assert await availability_snapshot(services, new_day) == before
-    await assert_redis_matches_postgres(services, old_day)
-    await assert_redis_matches_postgres(services, new_day)
+    b = await _booked(services)
+    before = await availability_snapshot(services, b.new_day)
+    move = services.booking.reschedule(b.clerk, b.appointment_id, b.new_slot, "desk", "患者要求改期")
+    await _cut_off(services, b.pid, move, "hy_reschedule")
+    await _until_no_hold(services, b.new_day)
+    assert await services.pool.fetchval("SELECT status FROM appointment WHERE id = $1", b.appointment_id) == "booked"
+    assert await availability_snapshot(services, b.new_day) == before
+    await assert_redis_matches_postgres(services, b.old_day)
+    await assert_redis_matches_postgres(services, b.new_day)
 
 
 async def test_a_cut_off_reschedule_that_did_commit_gives_the_old_place_back(services: Services) -> None:
     """Its new place is confirmed and its old one returned, as the service would have done."""
-    old_day, new_day = future_day(services, 2), future_day(services, 3)
-    clerk = await actor_for(services, "clerk")
-    [(pid, [oid])] = await new_patients_with_orders(services.pool, 1, ["CT-HEAD"])
-    old_slot = (await open_slots(services, "CT-HEAD", old_day))[0]["id"]
-    (appt,) = await services.booking.book(clerk, pid, "desk", [BookItem(oid, old_slot)])
-    new_slot = (await open_slots(services, "CT-HEAD", new_day))[0]["id"]
-    hold_id, now = uuid.uuid4().hex, time.time()
-    expires_ms = int((now + 60) * 1000)
-    grab = await services.store.grab(
-        new_day, hold_id, pid, "desk", [GrabItem(new_slot, "CT-HEAD", oid)], int(now * 1000), expires_ms
-    )
-    assert grab.ok
+    b = await _booked(services)
+    hold_id, expires_ms = await _grab(services, b.new_day, b.pid, b.oid, b.new_slot)
     async with services.pool.acquire() as conn:
         backend = backend_of(conn)
         row = await booking_repo.reschedule(  # committed; the answer never reached the caller
             conn,
-            appointment_id=appt.appointment_id,
-            patient_id=pid,
-            new_slot_id=new_slot,
+            appointment_id=b.appointment_id,
+            patient_id=b.pid,
+            new_slot_id=b.new_slot,
             pool="open",
             hold_id=hold_id,
-            deadline=datetime.fromtimestamp(now + 50, UTC),
+            deadline=datetime.fromtimestamp(expires_ms / 1000 - 10, UTC),
             channel="desk",
-            actor=clerk,
+            actor=b.clerk,
             reason="患者要求改期",
         )
         in_doubt = services.booking.in_doubt
         in_doubt.watch(
             backend,
-            [(new_day, hold_id)],
+            [(b.new_day, hold_id)],
             expires_ms,
-            then=lambda: services.booking._return_place(old_day, old_slot, pid, row["old_pool"]),
+            then=lambda: services.booking._return_place(b.old_day, b.old_slot, b.pid, row["old_pool"]),
         )
         await services.pool.fetchval("SELECT pg_terminate_backend($1)", backend.pid)
         await _until_gone(services, backend.pid)
     assert await _settle(in_doubt) == 1 and in_doubt.confirmed == 1
-    await assert_redis_matches_postgres(services, old_day)
-    await assert_redis_matches_postgres(services, new_day)
+    await assert_redis_matches_postgres(services, b.old_day)
+    await assert_redis_matches_postgres(services, b.new_day)
